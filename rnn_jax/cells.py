@@ -1,0 +1,286 @@
+"""Recurrent cells as pure functions, and the registry that names them.
+
+A cell is a pair of pure functions:
+
+    init(key, input_size, hidden_size) -> params
+    step(params, carry, x_t) -> (carry, h_t)        x_t, h_t: [batch, features]
+
+Params are plain dicts of arrays with the gate matrices fused, gates in PyTorch's order so
+weights port one to one (see `rnn_jax.interop`):
+
+    w_x [input, G*hidden]    w_h [hidden, G*hidden]    b [G*hidden]
+
+(`x @ w_x`: these are the transposes of PyTorch's `weight_ih` / `weight_hh`). The carry is an
+array `[batch, hidden]`, or for the LSTM the tuple `(h, c)`; `h` is always `carry[0]` when the
+carry is a tuple (see `hidden_of`).
+
+Configs pick a cell by name: `get("lstm", forget_bias=0.0)`. To add a cell, write its factory
+in this file (or anywhere) and decorate it with `@register("name")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, jax.Array]
+Carry = Any  # jax.Array [batch, hidden] or a tuple of them whose first element is h.
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """A recurrent cell: pure `init` and `step`, and the shape of its carry.
+
+  Attributes:
+    name: registry name, e.g. "lstm".
+    num_gates: G, the number of hidden-size blocks fused in `w_x`, `w_h` and `b`.
+    carry_size: how many [batch, hidden] arrays the carry holds (1, or 2 for the LSTM).
+    init: (key, input_size, hidden_size) -> params.
+    step: (params, carry, x_t [batch, input]) -> (carry, h_t [batch, hidden]).
+    options: the options the cell was built with (for logs and summaries).
+  """
+  name: str
+  num_gates: int
+  carry_size: int
+  init: Callable[[jax.Array, int, int], Params]
+  step: Callable[[Params, Carry, jax.Array], tuple[Carry, jax.Array]]
+  options: tuple[tuple[str, Any], ...] = ()
+
+  def zero_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Carry:
+    """The all-zeros initial carry: [batch, hidden], or a tuple of them."""
+    zeros = [jnp.zeros((batch_size, hidden_size), dtype) for _ in range(self.carry_size)]
+    return zeros[0] if self.carry_size == 1 else tuple(zeros)
+
+
+def hidden_of(carry: Carry) -> jax.Array:
+  """The hidden state h [batch, hidden] inside a carry."""
+  return carry[0] if isinstance(carry, tuple) else carry
+
+
+def with_hidden(carry: Carry, h: jax.Array) -> Carry:
+  """`carry` with its hidden state replaced by `h` (the rest, e.g. the LSTM cell, kept)."""
+  return (h,) + tuple(carry[1:]) if isinstance(carry, tuple) else h
+
+
+def hidden_size_of(params: Params) -> int:
+  return params["w_h"].shape[0]
+
+
+# ----------------------------------------------------------------------------- registry
+
+_FACTORIES: dict[str, Callable[..., Cell]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Cell]], Callable[..., Cell]]:
+  """Decorator: make a cell factory `(**options) -> Cell` available as `get(name)`."""
+  def decorate(factory):
+    if name in _FACTORIES:
+      raise ValueError(f"A cell named {name!r} is already registered.")
+    _FACTORIES[name] = factory
+    return factory
+  return decorate
+
+
+def names() -> list[str]:
+  """The registered cell names, sorted."""
+  return sorted(_FACTORIES)
+
+
+def get(name: str, **options: Any) -> Cell:
+  """The cell registered as `name`, built with `options` (see each factory's docstring)."""
+  if name not in _FACTORIES:
+    raise ValueError(f"Unknown cell {name!r}. Known cells: {', '.join(names())}. "
+                     "Set config.cell to one of them, or register a new cell with "
+                     "@rnn_jax.cells.register.")
+  factory = _FACTORIES[name]
+  accepted = inspect.signature(factory).parameters
+  unknown = sorted(set(options) - set(accepted))
+  if unknown:
+    raise ValueError(f"Cell {name!r} has no option(s) {unknown}. Its options are: "
+                     f"{', '.join(accepted) or 'none'}.")
+  return factory(**options)
+
+
+def options_of(cell_name: str) -> dict[str, Any]:
+  """The options of a registered cell and their defaults."""
+  get(cell_name)  # Raises the helpful error for unknown names.
+  sig = inspect.signature(_FACTORIES[cell_name])
+  return {k: p.default for k, p in sig.parameters.items()}
+
+
+# ----------------------------------------------------------------------------- initialisers
+
+def _recurrent_weights(key, hidden: int, num_gates: int, kind: str, scale: float) -> jax.Array:
+  """w_h [hidden, G*hidden], one [hidden, hidden] block per gate."""
+  keys = jax.random.split(key, num_gates)
+  if kind == "orthogonal":
+    blocks = [jax.nn.initializers.orthogonal(scale)(k, (hidden, hidden)) for k in keys]
+  elif kind == "identity":
+    blocks = [scale * jnp.eye(hidden) for _ in keys]
+  elif kind == "uniform":  # PyTorch's default: U(-1/sqrt(hidden), 1/sqrt(hidden)).
+    bound = scale / hidden ** 0.5
+    blocks = [jax.random.uniform(k, (hidden, hidden), minval=-bound, maxval=bound) for k in keys]
+  else:
+    raise ValueError(f"Unknown recurrent_init {kind!r}; use 'orthogonal', 'identity' or "
+                     "'uniform'.")
+  return jnp.concatenate(blocks, axis=1)
+
+
+def _input_weights(key, input_size: int, width: int, kind: str = "glorot") -> jax.Array:
+  """w_x [input, width]; Glorot-uniform over the fused matrix, as Keras does."""
+  if kind == "glorot":
+    return jax.nn.initializers.glorot_uniform()(key, (input_size, width))
+  if kind == "small_normal":  # Le et al. 2015 (IRNN): N(0, 0.001^2).
+    return 0.001 * jax.random.normal(key, (input_size, width))
+  raise ValueError(f"Unknown input_init {kind!r}; use 'glorot' or 'small_normal'.")
+
+
+def _dense_params(key, input_size, hidden, num_gates, recurrent_init="orthogonal",
+                  recurrent_scale=1.0, input_init="glorot") -> Params:
+  kx, kh = jax.random.split(key)
+  return {
+      "w_x": _input_weights(kx, input_size, num_gates * hidden, input_init),
+      "w_h": _recurrent_weights(kh, hidden, num_gates, recurrent_init, recurrent_scale),
+      "b": jnp.zeros((num_gates * hidden,)),
+  }
+
+
+# ----------------------------------------------------------------------------- cells
+
+_ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+@register("rnn")
+def rnn(activation: str = "tanh", recurrent_init: str = "orthogonal",
+        recurrent_scale: float = 1.0, input_init: str = "glorot") -> Cell:
+  """Vanilla (Elman) RNN, TF's `BasicRNNCell`, PyTorch's `nn.RNN`.
+
+      h' = act(x W_x + h W_h + b)         act = tanh (default) or relu
+
+  Options: `activation`; `recurrent_init` "orthogonal" (default), "identity" (IRNN) or
+  "uniform" (PyTorch's default); `recurrent_scale` multiplies it; `input_init`.
+  """
+  if activation not in _ACTIVATIONS:
+    raise ValueError(f"Unknown activation {activation!r}; use one of {sorted(_ACTIVATIONS)}.")
+  act = _ACTIVATIONS[activation]
+
+  def init(key, input_size, hidden_size):
+    return _dense_params(key, input_size, hidden_size, 1, recurrent_init, recurrent_scale,
+                         input_init)
+
+  def step(params, h, x):
+    h = act(x @ params["w_x"] + h @ params["w_h"] + params["b"])
+    return h, h
+
+  return Cell("rnn", 1, 1, init, step,
+              (("activation", activation), ("recurrent_init", recurrent_init),
+               ("recurrent_scale", recurrent_scale), ("input_init", input_init)))
+
+
+@register("irnn")
+def irnn(recurrent_scale: float = 1.0) -> Cell:
+  """IRNN (Le, Jaitly and Hinton 2015): a ReLU RNN started at the identity.
+
+      h' = relu(x W_x + h W_h + b),   W_h = recurrent_scale * I,  W_x ~ N(0, 0.001^2),  b = 0
+  """
+  cell = rnn(activation="relu", recurrent_init="identity", recurrent_scale=recurrent_scale,
+             input_init="small_normal")
+  return dataclasses.replace(cell, name="irnn", options=(("recurrent_scale", recurrent_scale),))
+
+
+@register("lstm")
+def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
+         recurrent_init: str = "orthogonal") -> Cell:
+  """LSTM (Hochreiter and Schmidhuber 1997; Gers et al. 2000), PyTorch's gate order i, f, g, o.
+
+      i, f, g, o = split(x W_x + h W_h + b)
+      i = sigmoid(i + w_ci * c)        f = sigmoid(f + w_cf * c)        g = tanh(g)
+      c' = f * c + i * g
+      o = sigmoid(o + w_co * c')       h' = o * tanh(c')
+
+  Carry (h, c). Options, after Greff et al. 2017 ("LSTM: A Search Space Odyssey"):
+  - `forget_bias`: initial value of the forget-gate bias (1.0, Jozefowicz et al. 2015);
+  - `peephole`: the `w_c*` terms above, extra params `w_ci`, `w_cf`, `w_co` [hidden]
+    (without it they are absent, as in PyTorch);
+  - `cifg`: coupled input and forget gate, i = 1 - f. The input gate then has no weights:
+    the fused matrices hold G=3 blocks in the order f, g, o.
+  """
+  gates = ("f", "g", "o") if cifg else ("i", "f", "g", "o")
+  num_gates = len(gates)
+  f_index = gates.index("f")
+
+  def init(key, input_size, hidden_size):
+    kd, kp = jax.random.split(key)
+    params = _dense_params(kd, input_size, hidden_size, num_gates, recurrent_init)
+    params["b"] = params["b"].at[f_index * hidden_size:(f_index + 1) * hidden_size].set(
+        forget_bias)
+    if peephole:
+      peeps = ("w_cf", "w_co") if cifg else ("w_ci", "w_cf", "w_co")
+      for name, k in zip(peeps, jax.random.split(kp, len(peeps))):
+        # Small uniform start, as in Gers et al.; zero would also train.
+        params[name] = jax.random.uniform(k, (hidden_size,), minval=-0.1, maxval=0.1)
+    return params
+
+  def step(params, carry, x):
+    h, c = carry
+    z = dict(zip(gates, jnp.split(x @ params["w_x"] + h @ params["w_h"] + params["b"],
+                                  num_gates, axis=-1)))
+    f_pre = z["f"] + params["w_cf"] * c if peephole else z["f"]
+    f = jax.nn.sigmoid(f_pre)
+    if cifg:
+      i = 1.0 - f
+    else:
+      i = jax.nn.sigmoid(z["i"] + params["w_ci"] * c if peephole else z["i"])
+    c = f * c + i * jnp.tanh(z["g"])
+    o = jax.nn.sigmoid(z["o"] + params["w_co"] * c if peephole else z["o"])
+    h = o * jnp.tanh(c)
+    return (h, c), h
+
+  return Cell("lstm", num_gates, 2, init, step,
+              (("forget_bias", forget_bias), ("peephole", peephole), ("cifg", cifg),
+               ("recurrent_init", recurrent_init)))
+
+
+@register("gru")
+def gru(reset_after: bool = True, recurrent_init: str = "orthogonal") -> Cell:
+  """GRU (Cho et al. 2014), PyTorch's gate order r, z, n.
+
+  Default, "reset after" (PyTorch, cuDNN, Keras `reset_after=True`); extra param b_hn [hidden]:
+
+      r = sigmoid(x W_xr + h W_hr + b_r)
+      z = sigmoid(x W_xz + h W_hz + b_z)
+      n = tanh(x W_xn + b_n + r * (h W_hn + b_hn))
+      h' = (1 - z) * n + z * h
+
+  `reset_after=False` gives Chung et al. 2014's "reset before" form (no b_hn):
+
+      n = tanh(x W_xn + (r * h) W_hn + b_n)
+  """
+  def init(key, input_size, hidden_size):
+    params = _dense_params(key, input_size, hidden_size, 3, recurrent_init)
+    if reset_after:
+      params["b_hn"] = jnp.zeros((hidden_size,))
+    return params
+
+  def step(params, h, x):
+    hidden = h.shape[-1]
+    xr, xz, xn = jnp.split(x @ params["w_x"] + params["b"], 3, axis=-1)
+    if reset_after:
+      hr, hz, hn = jnp.split(h @ params["w_h"], 3, axis=-1)
+      r = jax.nn.sigmoid(xr + hr)
+      z = jax.nn.sigmoid(xz + hz)
+      n = jnp.tanh(xn + r * (hn + params["b_hn"]))
+    else:
+      hr, hz = jnp.split(h @ params["w_h"][:, :2 * hidden], 2, axis=-1)
+      r = jax.nn.sigmoid(xr + hr)
+      z = jax.nn.sigmoid(xz + hz)
+      n = jnp.tanh(xn + (r * h) @ params["w_h"][:, 2 * hidden:])
+    h = (1.0 - z) * n + z * h
+    return h, h
+
+  return Cell("gru", 3, 1, init, step,
+              (("reset_after", reset_after), ("recurrent_init", recurrent_init)))

@@ -1,0 +1,153 @@
+"""Sequence models: inputs -> recurrent stack -> dense head, as pure `init` / `apply`.
+
+One model covers the tasks:
+- image rows -> class: `[batch, 28, 28]` read as 28 steps of 28 pixels, the last output to logits;
+- tokens -> class: embedding (id 0 = padding), the last valid output (or a masked mean) to logits
+  (`num_outputs=1` for one logit + sigmoid, or 2 classes);
+- many-to-many (`readout="all"`): the dense layer on every step's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax import cells, recurrent
+
+READOUTS = ("last", "mean", "all")
+INPUT_KINDS = ("features", "tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceModel:
+  """A recurrent sequence model. Hashable, so it can be a static argument of `jax.jit`.
+
+  Attributes:
+    cell: registry name of the cell (see `rnn_jax.cells.names()`).
+    cell_options: the cell's options as sorted (name, value) pairs.
+    input_kind: "features" (float inputs [batch, time, input_size]) or "tokens" (int ids
+      [batch, time], 0 = padding, embedded to `embed_size`).
+    input_size: features per step, or the vocabulary size (reserved ids included) for tokens.
+    embed_size: embedding width for tokens.
+    hidden_size, num_layers, bidirectional: the recurrent stack.
+    num_outputs: logits per example (per step with readout "all").
+    readout: "last" (the final hidden state of each direction: the last valid step forwards,
+      the first step backwards), "mean" (masked mean of the top outputs), or "all" (every step).
+    dropout_rate: dropout on the (embedded) inputs and on every layer's output.
+    recurrent_dropout_rate: variational dropout on h in the recurrence.
+    variational_dropout: one dropout mask per sequence for inputs/outputs too.
+    truncation, unroll, remat: see `rnn_jax.recurrent.scan`.
+  """
+  cell: str = "lstm"
+  cell_options: tuple[tuple[str, Any], ...] = ()
+  input_kind: str = "features"
+  input_size: int = 28
+  embed_size: int = 0
+  hidden_size: int = 128
+  num_layers: int = 1
+  bidirectional: bool = False
+  num_outputs: int = 10
+  readout: str = "last"
+  dropout_rate: float = 0.0
+  recurrent_dropout_rate: float = 0.0
+  variational_dropout: bool = False
+  truncation: int | None = None
+  unroll: int = 1
+  remat: bool = False
+
+  def __post_init__(self):
+    if self.input_kind not in INPUT_KINDS:
+      raise ValueError(f"input_kind {self.input_kind!r} is not one of {INPUT_KINDS}.")
+    if self.readout not in READOUTS:
+      raise ValueError(f"readout {self.readout!r} is not one of {READOUTS}.")
+    if self.input_kind == "tokens" and self.embed_size < 1:
+      raise ValueError("A token model needs embed_size >= 1.")
+    for name in ("input_size", "hidden_size", "num_layers", "num_outputs"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    self.recurrent_cell  # Fails early on unknown cells or options.
+
+  @property
+  def recurrent_cell(self) -> cells.Cell:
+    return cells.get(self.cell, **dict(self.cell_options))
+
+  @property
+  def output_features(self) -> int:
+    return self.hidden_size * (2 if self.bidirectional else 1)
+
+  def init(self, key: jax.Array) -> dict[str, Any]:
+    """Params: {"embed": [vocab, embed]?, "rnn": [layer dicts], "head": {"w", "b"}}."""
+    k_embed, k_rnn, k_head = jax.random.split(key, 3)
+    params = {}
+    size = self.input_size
+    if self.input_kind == "tokens":
+      embed = jax.random.normal(k_embed, (self.input_size, self.embed_size)) * 0.05
+      params["embed"] = embed.at[0].set(0.0)  # Padding starts as a zero vector, like Keras.
+      size = self.embed_size
+    params["rnn"] = recurrent.init_layers(k_rnn, self.recurrent_cell, size, self.hidden_size,
+                                          self.num_layers, self.bidirectional)
+    params["head"] = {
+        "w": jax.nn.initializers.glorot_uniform()(k_head, (self.output_features,
+                                                           self.num_outputs)),
+        "b": jnp.zeros((self.num_outputs,)),
+    }
+    return params
+
+  def features(self, params: dict[str, Any], inputs: jax.Array,
+               lengths: jax.Array | None = None, *, key: jax.Array | None = None,
+               probes: Any = None, initial_carries: Any = None) -> tuple[list[Any], jax.Array]:
+    """The recurrent stack's (final carries, outputs [batch, time, output_features])."""
+    if self.input_kind == "tokens":
+      xs = jnp.take(params["embed"], inputs, axis=0)
+    else:
+      xs = inputs
+    k_in, k_rnn = jax.random.split(key) if key is not None else (None, None)
+    xs = recurrent.dropout(k_in, xs, self.dropout_rate,
+                           shared_axes=(1,) if self.variational_dropout else ())
+    return recurrent.run_layers(
+        self.recurrent_cell, params["rnn"], xs, lengths=lengths,
+        initial_carries=initial_carries, key=k_rnn, dropout_rate=self.dropout_rate,
+        recurrent_dropout_rate=self.recurrent_dropout_rate,
+        variational=self.variational_dropout, truncation=self.truncation, unroll=self.unroll,
+        remat=self.remat, probes=probes)
+
+  def apply(self, params: dict[str, Any], inputs: jax.Array,
+            lengths: jax.Array | None = None, *, key: jax.Array | None = None,
+            probes: Any = None) -> jax.Array:
+    """Logits: [batch, num_outputs], or [batch, time, num_outputs] for readout "all".
+
+    Args:
+      inputs: [batch, time, input_size] floats, or [batch, time] token ids.
+      lengths: [batch] true lengths of right-padded sequences (None: all full length).
+      key: dropout key during training; None at evaluation (no dropout).
+      probes: see `rnn_jax.recurrent.run_layers` (gradient-through-time diagnostics).
+    """
+    finals, ys = self.features(params, inputs, lengths, key=key, probes=probes)
+    if self.readout == "last":
+      top = finals[-1]
+      if self.bidirectional:
+        pooled = jnp.concatenate([cells.hidden_of(top["fwd"]), cells.hidden_of(top["bwd"])],
+                                 axis=-1)
+      else:
+        pooled = cells.hidden_of(top)
+      # The top layer's output dropout applies to `ys`; apply the same treatment to the read
+      # out state so "last" and "mean" see the same regularisation.
+      if key is not None and self.dropout_rate > 0.0:
+        pooled = recurrent.dropout(jax.random.fold_in(key, 1), pooled, self.dropout_rate)
+    elif self.readout == "mean":
+      if lengths is None:
+        pooled = ys.mean(axis=1)
+      else:
+        steps = jnp.arange(ys.shape[1])[None, :, None] < lengths[:, None, None]
+        pooled = (ys * steps).sum(axis=1) / jnp.maximum(lengths, 1)[:, None].astype(ys.dtype)
+    else:
+      pooled = ys
+    return pooled @ params["head"]["w"] + params["head"]["b"]
+
+
+def num_params(params: Any) -> int:
+  """The number of scalars in a params pytree."""
+  return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -1,0 +1,215 @@
+"""Running cells over sequences: the scan, truncated BPTT, stacks, bidirectional layers, dropout.
+
+Everything is batch-major at the boundary (`xs` [batch, time, features]) and time-major only
+inside `jax.lax.scan`. All functions are pure, jittable, vmappable and differentiable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax import cells as cells_lib
+from rnn_jax.cells import Carry, Cell, Params
+
+LayerParams = dict[str, Params]  # {"fwd": params} or {"fwd": params, "bwd": params}
+
+
+def reverse_padded(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:
+  """Reverses each sequence's valid part in time, leaving its right padding in place.
+
+  xs [batch, time, ...], lengths [batch] or None (all full length). An involution: applying it
+  twice gives `xs` back. This is how a backward layer reads a right-padded sequence from its last
+  real element rather than from the padding.
+  """
+  if lengths is None:
+    return jnp.flip(xs, axis=1)
+  time = xs.shape[1]
+  t = jnp.arange(time)[None, :]
+  lengths = lengths[:, None]
+  index = jnp.where(t < lengths, lengths - 1 - t, t)  # [batch, time]
+  index = index.reshape(index.shape + (1,) * (xs.ndim - 2))
+  return jnp.take_along_axis(xs, index, axis=1)
+
+
+def truncation_cuts(time: int, truncation: int | None,
+                    lengths: jax.Array | None = None) -> jax.Array | None:
+  """Where truncated BPTT stops the gradient: bool [time] or [time, batch], or None for none.
+
+  A cut before step t (t > 0) when (length - t) % k == 0: windows of k steps aligned to the
+  end of each sequence, so the last step's loss reaches back exactly k steps and every step's
+  loss back to the start of its window.
+  """
+  if truncation is None or truncation >= time:
+    return None
+  if truncation < 1:
+    raise ValueError(f"truncation must be a positive number of steps or None, got {truncation}.")
+  t = jnp.arange(time)
+  if lengths is None:
+    return (t > 0) & ((time - t) % truncation == 0)
+  return (t[:, None] > 0) & ((lengths[None, :] - t[:, None]) % truncation == 0)
+
+
+def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, *,
+         lengths: jax.Array | None = None, reverse: bool = False,
+         truncation: int | None = None, unroll: int = 1, remat: bool = False,
+         recurrent_mask: jax.Array | None = None,
+         probes: Carry | None = None) -> tuple[Carry, jax.Array]:
+  """Runs `cell` over `xs`. Returns (final_carry, ys).
+
+  Args:
+    cell, params: the cell and its params.
+    xs: [batch, time, features] inputs.
+    carry: initial carry (zeros when None).
+    lengths: [batch] int, for right-padded sequences: past its length a sequence's carry is
+      frozen (the final carry is the one after its last real step) and its outputs are zero, so
+      nothing depends on the padding.
+    reverse: run from the last real element of each sequence to the first; `ys` stay aligned with
+      `xs` (ys[:, t] is the output for input t).
+    truncation: k for truncated BPTT: the gradient through the carry is cut so that each step's
+      loss reaches back to the start of its k-step window, windows aligned to the end of the
+      sequence (the last step's loss reaches back exactly k steps). The forward pass is
+      unchanged. None or k >= time: full BPTT, bit for bit.
+    unroll: `lax.scan`'s unroll factor.
+    remat: rematerialise each step in the backward pass (`jax.checkpoint`): only the carries are
+      stored, so activation memory per step drops to the carry's size, at some extra compute.
+    recurrent_mask: [batch, hidden] multiplier for h where it enters the recurrence (variational
+      recurrent dropout, Gal and Ghahramani 2016; the LSTM cell state is not masked).
+    probes: a carry-shaped pytree of [time, batch, hidden] arrays added to the carry after each
+      step. Pass zeros and differentiate with respect to them to get dL/d carry_t for every t in
+      one backward pass (see `rnn_jax.diagnostics`). Time-major, in processing order.
+
+  Returns:
+    final_carry, and ys [batch, time, hidden].
+  """
+  batch, time = xs.shape[:2]
+  if lengths is not None:
+    lengths = jnp.asarray(lengths, jnp.int32)
+  if carry is None:
+    carry = cell.zero_carry(batch, cells_lib.hidden_size_of(params), xs.dtype)
+  if reverse:
+    xs = reverse_padded(xs, lengths)
+  cuts = truncation_cuts(time, truncation, lengths)
+
+  def body(carry, inputs):
+    x_t, t, cut_t, probe_t = inputs
+    if cut_t is not None:
+      cut = cut_t if cut_t.ndim == 0 else cut_t[:, None]
+      carry = jax.tree.map(lambda c: jnp.where(cut, jax.lax.stop_gradient(c), c), carry)
+    step_in = carry
+    if recurrent_mask is not None:
+      step_in = cells_lib.with_hidden(carry, cells_lib.hidden_of(carry) * recurrent_mask)
+    new_carry, y = cell.step(params, step_in, x_t)
+    if lengths is not None:
+      valid = (t < lengths)[:, None]
+      new_carry = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new_carry, carry)
+      y = jnp.where(valid, y, jnp.zeros_like(y))
+    if probe_t is not None:
+      new_carry = jax.tree.map(jnp.add, new_carry, probe_t)
+    return new_carry, y
+
+  if remat:
+    body = jax.checkpoint(body)
+  inputs = (jnp.swapaxes(xs, 0, 1), jnp.arange(time), cuts, probes)
+  carry, ys = jax.lax.scan(body, carry, inputs, unroll=unroll)
+  ys = jnp.swapaxes(ys, 0, 1)
+  if reverse:
+    ys = reverse_padded(ys, lengths)
+  return carry, ys
+
+
+# ----------------------------------------------------------------------------- dropout
+
+def dropout(key: jax.Array | None, x: jax.Array, rate: float, *,
+            shared_axes: Sequence[int] = ()) -> jax.Array:
+  """Inverted dropout. `shared_axes` share one mask along them (e.g. time, for variational).
+
+  With `rate == 0` or `key is None` (evaluation) this is the identity.
+  """
+  if key is None or rate == 0.0:
+    return x
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"dropout rate must be in [0, 1), got {rate}.")
+  mask_shape = tuple(1 if axis in shared_axes else n for axis, n in enumerate(x.shape))
+  keep = jax.random.bernoulli(key, 1.0 - rate, mask_shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+# ----------------------------------------------------------------------------- layers
+
+def init_layers(key: jax.Array, cell: Cell, input_size: int, hidden_size: int,
+                num_layers: int = 1, bidirectional: bool = False) -> list[LayerParams]:
+  """Params of a stack: one {"fwd": params[, "bwd": params]} dict per layer."""
+  layers = []
+  size = input_size
+  for layer_key in jax.random.split(key, num_layers):
+    kf, kb = jax.random.split(layer_key)
+    layer = {"fwd": cell.init(kf, size, hidden_size)}
+    if bidirectional:
+      layer["bwd"] = cell.init(kb, size, hidden_size)
+    layers.append(layer)
+    size = hidden_size * (2 if bidirectional else 1)
+  return layers
+
+
+def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
+               lengths: jax.Array | None = None, initial_carries: Sequence[Any] | None = None,
+               key: jax.Array | None = None, dropout_rate: float = 0.0,
+               recurrent_dropout_rate: float = 0.0, variational: bool = False,
+               truncation: int | None = None, unroll: int = 1, remat: bool = False,
+               probes: Sequence[Any] | None = None) -> tuple[list[Any], jax.Array]:
+  """Runs a stack of (optionally bidirectional) layers, TF's `MultiRNNCell` generalised.
+
+  Args:
+    cell: the cell of every layer.
+    layers: from `init_layers`.
+    xs: [batch, time, features].
+    lengths: [batch] for right-padded sequences (see `scan`).
+    initial_carries: per layer, a carry (unidirectional) or {"fwd": carry, "bwd": carry};
+      None for zeros.
+    key: PRNG key for dropout; None means evaluation (no dropout at all).
+    dropout_rate: dropout on each layer's output (so between layers and on the stack's output,
+      like TF's `DropoutWrapper(output_keep_prob)` on every cell of a `MultiRNNCell`).
+    recurrent_dropout_rate: variational dropout on h where it enters the recurrence; one mask per
+      sequence and layer, reused at every step.
+    variational: share the output dropout mask over time too.
+    truncation, unroll, remat: see `scan`.
+    probes: per layer, a probe carry (or {"fwd":..., "bwd":...}) for `scan(probes=...)`.
+
+  Returns:
+    (final_carries, ys): per layer the final carry (or {"fwd":..., "bwd":...}), and the top
+    layer's outputs [batch, time, hidden * directions].
+  """
+  batch = xs.shape[0]
+  finals = []
+  keys = (jax.random.split(key, len(layers)) if key is not None else [None] * len(layers))
+  for index, (layer, layer_key) in enumerate(zip(layers, keys)):
+    init = initial_carries[index] if initial_carries is not None else None
+    probe = probes[index] if probes is not None else None
+    directions = ("fwd", "bwd") if "bwd" in layer else ("fwd",)
+    dir_keys = (jax.random.split(layer_key, 3) if layer_key is not None else [None] * 3)
+    outputs, layer_final = [], {}
+    for direction, dir_key in zip(directions, dir_keys[:2]):
+      params = layer[direction]
+      mask = None
+      if dir_key is not None and recurrent_dropout_rate > 0.0:
+        hidden = cells_lib.hidden_size_of(params)
+        mask = dropout(dir_key, jnp.ones((batch, hidden), xs.dtype), recurrent_dropout_rate)
+      carry, ys = scan(cell, params, xs, _pick(init, direction, len(directions)),
+                       lengths=lengths, reverse=direction == "bwd", truncation=truncation,
+                       unroll=unroll, remat=remat, recurrent_mask=mask,
+                       probes=_pick(probe, direction, len(directions)))
+      outputs.append(ys)
+      layer_final[direction] = carry
+    xs = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
+    xs = dropout(dir_keys[2], xs, dropout_rate, shared_axes=(1,) if variational else ())
+    finals.append(layer_final["fwd"] if len(directions) == 1 else layer_final)
+  return finals, xs
+
+
+def _pick(value, direction: str, num_directions: int):
+  if value is None:
+    return None
+  return value if num_directions == 1 else value[direction]

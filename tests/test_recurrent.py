@@ -1,0 +1,292 @@
+"""The scan against plain Python loops: lengths, reverse, bidirectional, stacks, TBPTT, dropout."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from rnn_jax import cells, recurrent
+
+CELLS = [("rnn", {}), ("irnn", {}), ("lstm", {}), ("lstm", {"peephole": True}),
+         ("gru", {}), ("gru", {"reset_after": False})]
+BATCH, TIME, INPUT, HIDDEN = 3, 7, 4, 5
+
+
+def _setup(name, options, seed=0, input_size=INPUT):
+  cell = cells.get(name, **options)
+  kp, kx = jax.random.split(jax.random.key(seed))
+  params = cell.init(kp, input_size, HIDDEN)
+  # Non-zero biases so that padding would leak if masking were wrong.
+  params = jax.tree.map(lambda p: p + 0.1, params)
+  xs = jax.random.normal(kx, (BATCH, TIME, input_size))
+  return cell, params, xs
+
+
+def _loop(cell, params, xs, carry=None):
+  """Reference: the step in a plain Python loop over time."""
+  if carry is None:
+    carry = cell.zero_carry(xs.shape[0], HIDDEN)
+  ys = []
+  for t in range(xs.shape[1]):
+    carry, y = cell.step(params, carry, xs[:, t])
+    ys.append(y)
+  return carry, jnp.stack(ys, axis=1)
+
+
+def _assert_tree_close(a, b, atol=1e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,options", CELLS)
+def test_scan_matches_python_loop(name, options):
+  cell, params, xs = _setup(name, options)
+  carry0 = jax.tree.map(lambda z: z + 0.3, cell.zero_carry(BATCH, HIDDEN))
+  got = recurrent.scan(cell, params, xs, carry0)
+  _assert_tree_close(got, _loop(cell, params, xs, carry0))
+  assert got[1].shape == (BATCH, TIME, HIDDEN)
+
+
+@pytest.mark.parametrize("name,options", CELLS)
+def test_lengths_match_unpadded_sequences(name, options):
+  cell, params, xs = _setup(name, options)
+  lengths = jnp.array([TIME, 4, 1])
+  # Garbage in the padding must not matter.
+  steps = jnp.arange(TIME)[None, :, None] < lengths[:, None, None]
+  noisy = jnp.where(steps, xs, 1e3)
+  carry, ys = recurrent.scan(cell, params, noisy, lengths=lengths)
+  for b, n in enumerate(lengths.tolist()):
+    ref_carry, ref_ys = _loop(cell, params, xs[b:b + 1, :n])
+    _assert_tree_close(jax.tree.map(lambda c: c[b:b + 1], carry), ref_carry)
+    np.testing.assert_allclose(ys[b, :n], ref_ys[0], atol=1e-6, rtol=1e-5)
+    assert np.all(np.asarray(ys[b, n:]) == 0.0)
+
+
+@pytest.mark.parametrize("name,options", [("lstm", {}), ("gru", {})])
+def test_reverse_with_lengths_reads_from_last_real_step(name, options):
+  cell, params, xs = _setup(name, options)
+  lengths = jnp.array([TIME, 5, 2])
+  carry, ys = recurrent.scan(cell, params, xs, lengths=lengths, reverse=True)
+  for b, n in enumerate(lengths.tolist()):
+    ref_carry, ref_ys = _loop(cell, params, xs[b:b + 1, :n][:, ::-1])
+    _assert_tree_close(jax.tree.map(lambda c: c[b:b + 1], carry), ref_carry)
+    np.testing.assert_allclose(ys[b, :n], ref_ys[0, ::-1], atol=1e-6, rtol=1e-5)
+    assert np.all(np.asarray(ys[b, n:]) == 0.0)
+
+
+def test_reverse_padded_is_an_involution():
+  xs = jnp.arange(2 * 5).reshape(2, 5, 1)
+  lengths = jnp.array([5, 3])
+  flipped = recurrent.reverse_padded(xs, lengths)
+  np.testing.assert_array_equal(flipped[1, :, 0], [7, 6, 5, 8, 9])
+  np.testing.assert_array_equal(recurrent.reverse_padded(flipped, lengths), xs)
+
+
+@pytest.mark.parametrize("name,options", [("rnn", {}), ("lstm", {}), ("gru", {})])
+def test_bidirectional_stack_with_padding(name, options):
+  cell = cells.get(name, **options)
+  layers = recurrent.init_layers(jax.random.key(1), cell, INPUT, HIDDEN, num_layers=2,
+                                 bidirectional=True)
+  xs = jax.random.normal(jax.random.key(2), (BATCH, TIME, INPUT))
+  lengths = jnp.array([TIME, 3, 6])
+  finals, ys = recurrent.run_layers(cell, layers, xs, lengths=lengths)
+  assert ys.shape == (BATCH, TIME, 2 * HIDDEN)
+  for b, n in enumerate(lengths.tolist()):
+    seq = xs[b:b + 1, :n]
+    for layer in layers:  # Reference: unpadded, explicit flips, layer by layer.
+      _, fwd = _loop(cell, layer["fwd"], seq)
+      bwd_carry, bwd = _loop(cell, layer["bwd"], seq[:, ::-1])
+      seq = jnp.concatenate([fwd, bwd[:, ::-1]], axis=-1)
+    np.testing.assert_allclose(ys[b, :n], seq[0], atol=1e-5, rtol=1e-5)
+    assert np.all(np.asarray(ys[b, n:]) == 0.0)
+    _assert_tree_close(jax.tree.map(lambda c: c[b:b + 1], finals[-1]["bwd"]), bwd_carry,
+                       atol=1e-5)
+
+
+def test_stack_matches_layer_by_layer_loop():
+  cell = cells.get("gru")
+  layers = recurrent.init_layers(jax.random.key(3), cell, INPUT, HIDDEN, num_layers=3)
+  xs = jax.random.normal(jax.random.key(4), (BATCH, TIME, INPUT))
+  finals, ys = recurrent.run_layers(cell, layers, xs)
+  seq = xs
+  for layer, final in zip(layers, finals):
+    carry, seq = _loop(cell, layer["fwd"], seq)
+    _assert_tree_close(final, carry)
+  np.testing.assert_allclose(ys, seq, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+@pytest.mark.parametrize("name,options", CELLS)
+def test_check_grads(name, options):
+  cell = cells.get(name, **options)
+  params = cell.init(jax.random.key(0), 2, 3)
+  # Random, not initial, params: IRNN's zero bias and tiny input weights put ReLU
+  # pre-activations within the finite-difference step of the kink.
+  leaves, tree = jax.tree.flatten(params)
+  noise = [0.5 * jax.random.normal(k, l.shape)
+           for k, l in zip(jax.random.split(jax.random.key(7), len(leaves)), leaves)]
+  params = jax.tree.unflatten(tree, [l + n for l, n in zip(leaves, noise)])
+  xs = jax.random.normal(jax.random.key(1), (2, 4, 2))
+  lengths = jnp.array([4, 2])
+
+  def f(params, xs):
+    return recurrent.scan(cell, params, xs, lengths=lengths)[1]
+
+  with jax.enable_x64():
+    params64, xs64 = jax.tree.map(lambda a: a.astype(jnp.float64), (params, xs))
+    check_grads(f, (params64, xs64), order=1, modes=("rev",), atol=1e-5, rtol=1e-5)
+
+
+def _tbptt_reference(cell, params, xs, k, lengths=None):
+  """Per-step loss sum(y_t^2), with stop_gradient on the carry entering step t whenever
+  (length - t) % k == 0: an explicit loop, written independently of `truncation_cuts`."""
+  batch, time = xs.shape[:2]
+  total = 0.0
+  for b in range(batch):
+    n = time if lengths is None else int(lengths[b])
+    carry = cell.zero_carry(1, HIDDEN)
+    for t in range(n):
+      if t > 0 and (n - t) % k == 0:
+        carry = jax.tree.map(jax.lax.stop_gradient, carry)
+      carry, y = cell.step(params, carry, xs[b:b + 1, t])
+      total = total + jnp.sum(y ** 2)
+  return total
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_truncated_bptt_matches_explicit_reference(name, k, with_lengths):
+  cell, params, xs = _setup(name, {})
+  lengths = jnp.array([TIME, 5, 3]) if with_lengths else None
+
+  def loss(params, xs):
+    _, ys = recurrent.scan(cell, params, xs, lengths=lengths, truncation=k)
+    return jnp.sum(ys ** 2)
+
+  got = jax.grad(loss, argnums=(0, 1))(params, xs)
+  want = jax.grad(lambda p, x: _tbptt_reference(cell, p, x, k, lengths), argnums=(0, 1))(
+      params, xs)
+  _assert_tree_close(got, want, atol=1e-5)
+  full = jax.grad(lambda p: jnp.sum(recurrent.scan(cell, p, xs, lengths=lengths)[1] ** 2))(
+      params)
+  if k < TIME:  # The truncation must actually change something.
+    assert not np.allclose(got[0]["w_h"], full["w_h"])
+
+
+def test_final_step_loss_reaches_back_exactly_k_steps():
+  cell, params, xs = _setup("lstm", {})
+  k = 3
+
+  def last_loss(xs):
+    _, ys = recurrent.scan(cell, params, xs, truncation=k)
+    return jnp.sum(ys[:, -1])
+
+  dx = jax.grad(last_loss)(xs)
+  reached = np.abs(np.asarray(dx)).sum(axis=(0, 2)) > 0
+  np.testing.assert_array_equal(reached, [False] * (TIME - k) + [True] * k)
+
+
+@pytest.mark.parametrize("k", [TIME, TIME + 5, None])
+def test_truncation_at_least_time_is_full_bptt_bit_for_bit(k):
+  cell, params, xs = _setup("lstm", {})
+
+  def loss(params, truncation):
+    return jnp.sum(recurrent.scan(cell, params, xs, truncation=truncation)[1] ** 2)
+
+  got = jax.jit(jax.grad(loss), static_argnums=1)(params, k)
+  want = jax.jit(jax.grad(loss), static_argnums=1)(params, None)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_truncation_leaves_the_forward_pass_unchanged():
+  cell, params, xs = _setup("gru", {})
+  np.testing.assert_array_equal(recurrent.scan(cell, params, xs, truncation=2)[1],
+                                recurrent.scan(cell, params, xs)[1])
+
+
+def test_remat_and_unroll_compute_the_same_function():
+  cell, params, xs = _setup("lstm", {})
+
+  def loss(params, **kw):
+    return jnp.sum(jnp.sin(recurrent.scan(cell, params, xs, **kw)[1]))
+
+  base = jax.grad(loss)(params)
+  _assert_tree_close(jax.grad(lambda p: loss(p, remat=True))(params), base)
+  _assert_tree_close(jax.grad(lambda p: loss(p, unroll=3))(params), base)
+
+
+def test_vmap_over_params_matches_separate_runs():
+  cell = cells.get("gru")
+  stacked = jax.vmap(lambda k: cell.init(k, INPUT, HIDDEN))(jax.random.split(jax.random.key(0), 2))
+  xs = jax.random.normal(jax.random.key(1), (BATCH, TIME, INPUT))
+  ys = jax.vmap(lambda p: recurrent.scan(cell, p, xs)[1])(stacked)
+  for i in range(2):
+    one = jax.tree.map(lambda a: a[i], stacked)
+    np.testing.assert_allclose(ys[i], recurrent.scan(cell, one, xs)[1], atol=1e-6)
+
+
+def test_probes_give_the_gradient_with_respect_to_each_carry():
+  cell, params, xs = _setup("rnn", {})
+  probes = jnp.zeros((TIME, BATCH, HIDDEN))
+
+  def loss(probes):
+    return jnp.sum(recurrent.scan(cell, params, xs, probes=probes)[1][:, -1] ** 2)
+
+  got = jax.grad(loss)(probes)
+  # Reference: dL/dh_t by perturbing h_t in the Python loop.
+  def loop_loss(deltas):
+    carry = cell.zero_carry(BATCH, HIDDEN)
+    for t in range(TIME):
+      carry, y = cell.step(params, carry, xs[:, t])
+      carry = carry + deltas[t]
+    return jnp.sum(y ** 2)
+  np.testing.assert_allclose(got, jax.grad(loop_loss)(probes), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- dropout
+
+def test_dropout_same_key_same_result_and_eval_is_identity():
+  cell = cells.get("lstm")
+  layers = recurrent.init_layers(jax.random.key(0), cell, INPUT, HIDDEN, num_layers=2)
+  xs = jax.random.normal(jax.random.key(1), (BATCH, TIME, INPUT))
+  kw = dict(dropout_rate=0.3, recurrent_dropout_rate=0.3)
+  a = recurrent.run_layers(cell, layers, xs, key=jax.random.key(5), **kw)[1]
+  b = recurrent.run_layers(cell, layers, xs, key=jax.random.key(5), **kw)[1]
+  c = recurrent.run_layers(cell, layers, xs, key=jax.random.key(6), **kw)[1]
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  no_key = recurrent.run_layers(cell, layers, xs, key=None, **kw)[1]
+  plain = recurrent.run_layers(cell, layers, xs)[1]
+  np.testing.assert_array_equal(no_key, plain)
+
+
+def test_variational_masks_are_constant_over_time():
+  x = jnp.ones((4, 50, 8))
+  dropped = recurrent.dropout(jax.random.key(0), x, 0.5, shared_axes=(1,))
+  zeros = np.asarray(dropped == 0)
+  assert zeros.any() and not zeros.all()
+  assert (zeros == zeros[:, :1]).all()  # Same mask at every step.
+  per_step = np.asarray(recurrent.dropout(jax.random.key(0), x, 0.5) == 0)
+  assert not (per_step == per_step[:, :1]).all()
+  np.testing.assert_allclose(np.asarray(dropped)[~zeros], 2.0)  # Inverted scaling.
+
+
+def test_recurrent_dropout_is_one_mask_reused_at_every_step():
+  cell, params, xs = _setup("gru", {})
+  mask = recurrent.dropout(jax.random.key(3), jnp.ones((BATCH, HIDDEN)), 0.5)
+  _, ys = recurrent.scan(cell, params, xs, recurrent_mask=mask)
+  carry, ref = cell.zero_carry(BATCH, HIDDEN), []
+  for t in range(TIME):
+    carry, y = cell.step(params, carry * mask, xs[:, t])
+    ref.append(y)
+  np.testing.assert_allclose(ys, jnp.stack(ref, 1), atol=1e-6)
+
+
+def test_bad_truncation_is_a_clear_error():
+  cell, params, xs = _setup("rnn", {})
+  with pytest.raises(ValueError, match="truncation"):
+    recurrent.scan(cell, params, xs, truncation=0)
