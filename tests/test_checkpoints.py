@@ -169,7 +169,14 @@ def _corrupt(step_dir, how):
 
 
 # Orbax leaves un-awaited coroutines behind when a restore fails; that is its noise.
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+ignore_unraisable = pytest.mark.filterwarnings(
+    'ignore::pytest.PytestUnraisableExceptionWarning')
+ignore_unawaited = pytest.mark.filterwarnings(
+    'ignore:coroutine .* was never awaited:RuntimeWarning')
+
+
+@ignore_unraisable
+@ignore_unawaited
 @pytest.mark.parametrize(
     'how', ['truncate_all', 'garbage_metadata', 'truncate_manifest', 'garbage_array_data'])
 def test_corrupt_latest_falls_back_with_warning(tmp_path, caplog, how):
@@ -194,7 +201,8 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, caplog, how):
   gc.collect()  # release Orbax's un-awaited coroutines while the filter above applies
 
 
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+@ignore_unraisable
+@ignore_unawaited
 def test_wrong_target_raises_and_moves_nothing(tmp_path):
   with Checkpoints(tmp_path) as ckpt:
     ckpt.save(1, make_state())
