@@ -78,8 +78,9 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
     recurrent_mask: [batch, hidden] multiplier for h where it enters the recurrence (variational
       recurrent dropout, Gal and Ghahramani 2016; the LSTM cell state is not masked).
     probes: a carry-shaped pytree of [time, batch, hidden] arrays added to the carry after each
-      step. Pass zeros and differentiate with respect to them to get dL/d carry_t for every t in
-      one backward pass (see `rnn_jax.diagnostics`). Time-major, in processing order.
+      step (its h part also to the step's output, which is h). Pass zeros and differentiate
+      with respect to them to get dL/d carry_t for every t in one backward pass (see
+      `rnn_jax.diagnostics`). Time-major, in processing order.
 
   Returns:
     final_carry, and ys [batch, time, hidden].
@@ -108,6 +109,11 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
       y = jnp.where(valid, y, jnp.zeros_like(y))
     if probe_t is not None:
       new_carry = jax.tree.map(jnp.add, new_carry, probe_t)
+      # The step's output is h as well: perturb it alike, so the probe's gradient also holds
+      # the paths through the output (next layer, per-step readouts), i.e. all of dL/dh_t.
+      probe_h = cells_lib.hidden_of(probe_t)
+      y = y + (jnp.where(valid, probe_h, jnp.zeros_like(probe_h)) if lengths is not None
+               else probe_h)
     return new_carry, y
 
   if remat:

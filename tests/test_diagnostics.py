@@ -1,0 +1,148 @@
+"""Diagnostics: the one-pass probe gradients against float64 finite differences of an
+independently written, Python-loop model; gate equations against the cells; the horizon."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnn_jax import cells, diagnostics, models
+
+
+def _reference_loss(model, params, inputs, labels, deltas):
+  """The model as a plain Python loop over layers and steps, h_t of layer l perturbed by
+  deltas[l][t]; loss = mean squared error (one output, readout 'last')."""
+  cell = model.recurrent_cell
+  xs = [inputs[:, t] for t in range(inputs.shape[1])]
+  for layer, delta in zip(params["rnn"], deltas):
+    p = layer["fwd"]
+    carry = cell.zero_carry(inputs.shape[0], cells.hidden_size_of(p), inputs.dtype)
+    outputs = []
+    for t, x in enumerate(xs):
+      carry, _ = cell.step(p, carry, x)
+      carry = cells.with_hidden(carry, cells.hidden_of(carry) + delta[t])
+      outputs.append(cells.hidden_of(carry))
+    xs = outputs
+  pred = xs[-1] @ params["head"]["w"] + params["head"]["b"]
+  return jnp.mean(jnp.square(pred[:, 0] - labels))
+
+
+@pytest.mark.parametrize("cell,num_layers", [("rnn", 1), ("irnn", 1), ("lstm", 2), ("gru", 1)])
+def test_gradient_norm_matches_finite_differences(cell, num_layers):
+  time, batch, hidden = 6, 2, 3
+  with jax.enable_x64(True):
+    model = models.SequenceModel(cell=cell, input_size=2, hidden_size=hidden,
+                                 num_layers=num_layers, num_outputs=1)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.init(jax.random.PRNGKey(1)))
+    if cell == "irnn":  # Identity start is symmetric; perturb so every path matters.
+      params = jax.tree.map(lambda a: a + 0.1 * jnp.cos(jnp.arange(a.size).reshape(a.shape)),
+                            params)
+    rng = np.random.default_rng(0)
+    inputs = jnp.asarray(rng.uniform(size=(batch, time, 2)))
+    labels = jnp.asarray(rng.uniform(size=(batch,)))
+    got = np.asarray(jax.jit(lambda p, b: diagnostics.gradient_norm_through_time(
+        model, p, b, per_layer=True))(params, {"inputs": inputs, "labels": labels}))
+    assert got.shape == (num_layers, time)
+
+    # Central differences along every coordinate of every h_t, all at once with vmap.
+    size = num_layers * time * batch * hidden
+    eps = 1e-6
+
+    def loss_at(flat):
+      deltas = flat.reshape(num_layers, time, batch, hidden)
+      return _reference_loss(model, params, inputs, labels, list(deltas))
+
+    basis = jnp.eye(size) * eps
+    losses = jax.jit(jax.vmap(loss_at))(jnp.concatenate([basis, -basis]))
+    fd = (losses[:size] - losses[size:]) / (2 * eps)
+    fd = np.asarray(fd).reshape(num_layers, time, batch, hidden)
+    want = np.linalg.norm(fd, axis=-1).mean(axis=-1)  # per-example norm, mean over batch
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-10)
+  assert np.all(want > 0)
+
+
+def test_probe_gradients_respect_truncation():
+  model = models.SequenceModel(cell="rnn", input_size=2, hidden_size=4, num_outputs=1,
+                               truncation=3)
+  params = model.init(jax.random.PRNGKey(0))
+  batch = {"inputs": jnp.ones((2, 8, 2)), "labels": jnp.ones((2,))}
+  norms = np.asarray(jax.jit(functools.partial(diagnostics.gradient_norm_through_time, model))(
+      params, batch))
+  # The last step's loss reaches back exactly 3 steps: h_4 (and earlier) get nothing.
+  assert np.all(norms[5:] > 0) and np.all(norms[:5] == 0)
+
+
+def test_bidirectional_and_tokens_and_lengths_run():
+  model = models.SequenceModel(cell="gru", input_kind="tokens", input_size=20, embed_size=4,
+                               hidden_size=5, bidirectional=True, num_layers=2, num_outputs=2)
+  params = model.init(jax.random.PRNGKey(0))
+  batch = {"inputs": jnp.array([[3, 4, 5, 0], [6, 7, 8, 9]]), "lengths": jnp.array([3, 4]),
+           "labels": jnp.array([0, 1])}
+  fwd, bwd = jax.jit(lambda p, b: [diagnostics.gradient_norm_through_time(
+      model, p, b, direction=d) for d in ("fwd", "bwd")])(params, batch)
+  assert fwd.shape == bwd.shape == (4,)
+  assert np.all(np.isfinite(fwd)) and np.all(np.isfinite(bwd))
+  stats = jax.jit(functools.partial(diagnostics.gate_statistics, model))(params, batch)
+  assert set(stats) == {f"layer{l}/{g}_{s}" for l in (0, 1) for g in ("update", "reset")
+                        for s in ("mean", "saturated")}
+
+
+@pytest.mark.parametrize("cell,options", [
+    ("lstm", {}), ("lstm", {"peephole": True}), ("lstm", {"cifg": True, "peephole": True}),
+    ("gru", {}), ("gru", {"reset_after": False})])
+def test_gate_equations_reproduce_the_cell_step(cell, options):
+  model = models.SequenceModel(cell=cell, cell_options=tuple(sorted(options.items())),
+                               input_size=3, hidden_size=4, num_outputs=1)
+  params = model.init(jax.random.PRNGKey(2))["rnn"][0]["fwd"]
+  if "b_hn" in params:
+    params["b_hn"] = params["b_hn"] + 0.3
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+  h = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32) * 0.5
+  gates = diagnostics.gate_function(model)
+  if cell == "lstm":
+    c = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+    g = gates(params, (h, c), x)
+    c_new = g["forget"] * c + g["input"] * g["candidate"]
+    want = (g["output"] * jnp.tanh(c_new), c_new)
+    got, _ = model.recurrent_cell.step(params, (h, c), x)
+  else:
+    g = gates(params, h, x)
+    want = (1 - g["update"]) * g["candidate"] + g["update"] * h
+    got, _ = model.recurrent_cell.step(params, h, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+
+
+def test_gate_statistics_values_and_plain_cells():
+  model = models.SequenceModel(cell="lstm", cell_options=(("forget_bias", 10.0),),
+                               input_size=2, hidden_size=3, num_outputs=1)
+  params = model.init(jax.random.PRNGKey(0))
+  batch = {"inputs": jnp.zeros((2, 5, 2)), "labels": jnp.zeros((2,))}
+  stats = jax.jit(functools.partial(diagnostics.gate_statistics, model))(params, batch)
+  assert float(stats["layer0/forget_mean"]) > 0.99
+  assert float(stats["layer0/forget_saturated"]) == 1.0
+  assert abs(float(stats["layer0/input_mean"]) - 0.5) < 1e-6
+  plain = models.SequenceModel(cell="rnn", input_size=2, hidden_size=3, num_outputs=1)
+  assert diagnostics.gate_statistics(plain, plain.init(jax.random.PRNGKey(0)), batch) == {}
+
+
+def test_memory_horizon():
+  assert diagnostics.memory_horizon([1e-5, 1e-3, 0.5, 1.0], 0.01) == 1
+  assert diagnostics.memory_horizon([1e-5, 0.02, 0.5, 1.0], 0.01) == 2
+  assert diagnostics.memory_horizon([0.02, 0.02, 0.5, 1.0], 0.01) == 3
+  assert diagnostics.memory_horizon([1.0, 0.001, 1.0], 0.01) == 0
+  assert diagnostics.memory_horizon([1.0, 0.0], 0.01) == 0
+  with pytest.raises(ValueError):
+    diagnostics.memory_horizon([], 0.01)
+
+
+def test_make_diagnostics_record():
+  model = models.SequenceModel(cell="gru", input_size=2, hidden_size=4, num_outputs=1)
+  params = model.init(jax.random.PRNGKey(0))
+  batch = {"inputs": np.ones((3, 7, 2), np.float32), "labels": np.ones((3,), np.float32)}
+  record = diagnostics.make_diagnostics(model, batch)(params)
+  assert len(record["grad_norm_through_time"]) == 7
+  assert 0 <= record["memory_horizon"] <= 6
+  assert "layer0/update_mean" in record
