@@ -1,0 +1,162 @@
+"""The one config schema: every field, its default and what it means, and its validation.
+
+`configs/base.py` returns `defaults()`; task configs override only what differs. `validate`
+runs before anything is loaded or compiled, so a typo costs a second, not a compile.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+def defaults() -> ml_collections.ConfigDict:
+  """All config fields with their defaults. One comment per field."""
+  c = ml_collections.ConfigDict()
+  # --- data (rnn_jax/data) ---
+  c.dataset = "mnist"            # 'mnist' | 'fashion_mnist' | 'imdb_reviews' | 'adding'.
+  c.sequence = "rows"            # Images as 'rows' (28x28), 'pixels' (784x1), 'permuted_pixels'.
+  c.normalize = "unit"           # Pixels: 'unit' = [0, 1]; 'standardize' = train mean/std.
+  c.validation_size = 5000       # First N training examples held out for validation (0 = none).
+  c.vocab_size = 10000           # IMDB: vocabulary size, reserved ids (0 pad, 1 OOV) included.
+  c.max_len = 80                 # IMDB: reviews cut or padded to this many tokens.
+  c.padding = "post"             # IMDB: 'post' pads at the end (masked); 'pre' like Keras.
+  c.truncating = "post"          # IMDB: 'post' keeps the first max_len tokens, 'pre' the last.
+  c.length_buckets = ()          # IMDB: pad each batch only to the next bucket (bounded shapes).
+  c.sequence_length = 50         # Synthetic tasks (adding problem): time steps T.
+  c.num_train_examples = 50000   # Synthetic tasks: training set size.
+  c.data_dir = placeholder(str)  # TFDS data dir; None: $TFDS_DATA_DIR, else tfds's default.
+  c.download = False             # Let tfds download and prepare missing data (needs internet).
+  # --- model (rnn_jax/models.py) ---
+  c.cell = "lstm"                # Registered cell name: see rnn_jax.cells.names().
+  c.cell_options = ml_collections.ConfigDict()  # Cell options, e.g. {'forget_bias': 1.0}.
+  c.hidden_size = 128            # Units per recurrent layer (per direction).
+  c.num_layers = 1               # Stacked recurrent layers.
+  c.bidirectional = False        # Add a backward layer at every level.
+  c.embed_size = 100             # Token tasks: embedding width.
+  c.readout = "last"             # 'last' hidden state, masked 'mean' of outputs, or 'all' steps.
+  c.binary_output = False        # Two-class tasks: one logit + sigmoid instead of 2 logits.
+  c.dropout_rate = 0.0           # Dropout on inputs and on every layer's output.
+  c.recurrent_dropout_rate = 0.0  # Variational dropout on h inside the recurrence.
+  c.variational_dropout = False  # One input/output dropout mask per sequence, not per step.
+  c.truncation = placeholder(int)  # Truncated BPTT window k in steps; None = full BPTT.
+  c.unroll = 1                   # lax.scan unroll factor.
+  c.remat = False                # Recompute each step in the backward pass (less memory).
+  # --- optimisation (rnn_jax/train.py) ---
+  c.seed = 0                     # Seeds params, dropout and data order.
+  c.batch_size = 128             # Global batch size (split over devices and processes).
+  c.eval_batch_size = 1000       # Evaluation batch size (last batch padded and masked).
+  c.num_epochs = 10              # Passes over the training split.
+  c.learning_rate = 1e-3         # Adam's (peak) learning rate.
+  c.lr_schedule = "constant"     # 'constant' | 'cosine' (to 0 at the end) | 'warmup_cosine'.
+  c.warmup_steps = 0             # Linear warm-up steps for 'warmup_cosine'.
+  c.grad_clip_norm = 0.0         # Clip gradients to this global norm (0 = off).
+  c.weight_decay = 0.0           # Decoupled weight decay (AdamW) when > 0.
+  c.nonfinite = "stop"           # NaN/Inf loss or gradient: 'stop' with an error, or 'skip' it.
+  # --- running ---
+  c.parallel = "auto"            # 'auto' | 'jit' (one device) | 'sharded' (jit+Mesh) | 'pmap'.
+  c.distributed = False          # Call jax.distributed.initialize() (multi-host runs).
+  c.log_every_steps = 50         # Train metrics (loss, accuracy, grad/param norms) interval.
+  c.checkpoint_every_steps = 500  # Checkpoint interval in steps (also at every epoch end).
+  c.keep_checkpoints = 2         # Latest checkpoints kept for resuming.
+  c.eval_every_epochs = 1        # Validation interval in epochs.
+  c.diagnostics_every_steps = 0  # Gradient-norm-through-time logging interval (0 = off).
+  c.progress_bar = True          # Per-epoch progress bar with examples/s and running loss.
+  c.plots = True                 # Write PNG learning curves to workdir/plots at the end.
+  return c
+
+
+_CHOICES = {
+    "dataset": ("mnist", "fashion_mnist", "imdb_reviews", "adding"),
+    "sequence": ("rows", "pixels", "permuted_pixels"),
+    "normalize": ("unit", "standardize"),
+    "padding": ("pre", "post"),
+    "truncating": ("pre", "post"),
+    "readout": ("last", "mean", "all"),
+    "lr_schedule": ("constant", "cosine", "warmup_cosine"),
+    "nonfinite": ("stop", "skip"),
+    "parallel": ("auto", "jit", "sharded", "pmap"),
+}
+_POSITIVE = ("vocab_size", "max_len", "sequence_length", "num_train_examples", "hidden_size",
+             "num_layers", "embed_size", "batch_size", "eval_batch_size", "num_epochs",
+             "unroll", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+             "eval_every_epochs")
+_NON_NEGATIVE = ("validation_size", "warmup_steps", "grad_clip_norm", "weight_decay",
+                 "diagnostics_every_steps")
+_RATES = ("dropout_rate", "recurrent_dropout_rate")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every field's name, type and range. Raises ValueError saying what to fix."""
+  # Imported here so that config files can import this module without JAX.
+  from rnn_jax import cells, data
+
+  reference = defaults()
+  errors = []
+  for name in config.keys():
+    if name not in reference:
+      close = difflib.get_close_matches(name, reference.keys(), n=1)
+      hint = f" Did you mean {close[0]!r}?" if close else ""
+      errors.append(f"unknown field {name!r}.{hint}")
+  for name, default in reference.items():
+    if name not in config:
+      continue
+    value = config[name]
+    if isinstance(default, bool):
+      if not isinstance(value, bool):
+        errors.append(f"{name} must be True or False, got {value!r}.")
+    elif isinstance(default, int) and not isinstance(default, bool):
+      if isinstance(value, bool) or not isinstance(value, int):
+        errors.append(f"{name} must be an integer, got {value!r}.")
+    elif isinstance(default, float):
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        errors.append(f"{name} must be a number, got {value!r}.")
+  if errors:
+    raise ValueError(_message(errors))
+
+  for name, allowed in _CHOICES.items():
+    if name in config and config[name] not in allowed:
+      errors.append(f"{name}={config[name]!r} is not one of {', '.join(map(repr, allowed))}.")
+  for name in _POSITIVE:
+    if name in config and config[name] < 1:
+      errors.append(f"{name} must be >= 1, got {config[name]}.")
+  for name in _NON_NEGATIVE:
+    if name in config and config[name] < 0:
+      errors.append(f"{name} must be >= 0, got {config[name]}.")
+  for name in _RATES:
+    if name in config and not 0.0 <= config[name] < 1.0:
+      errors.append(f"{name} must be in [0, 1), got {config[name]}.")
+  if not config.learning_rate > 0:
+    errors.append(f"learning_rate must be > 0, got {config.learning_rate}.")
+  if config.truncation is not None and (not isinstance(config.truncation, int)
+                                        or config.truncation < 1):
+    errors.append(f"truncation must be None or an integer >= 1, got {config.truncation!r}.")
+  if config.dataset not in data.LOADERS:
+    errors.append(f"dataset={config.dataset!r} has no loader; known: {sorted(data.LOADERS)}.")
+  try:
+    cells.get(config.cell, **dict(config.cell_options))
+  except ValueError as e:
+    errors.append(str(e))
+  if errors:
+    raise ValueError(_message(errors))
+
+
+def validate_devices(config: ml_collections.ConfigDict, num_devices: int,
+                     num_processes: int = 1) -> None:
+  """The global batch must split evenly over devices (and processes)."""
+  if config.batch_size % num_devices:
+    raise ValueError(_message([
+        f"batch_size={config.batch_size} does not divide over {num_devices} devices; use a "
+        f"multiple of {num_devices}, e.g. --config.batch_size="
+        f"{max(num_devices, config.batch_size // num_devices * num_devices)}."]))
+  if config.eval_batch_size % num_devices:
+    raise ValueError(_message([
+        f"eval_batch_size={config.eval_batch_size} does not divide over {num_devices} devices; "
+        f"use a multiple of {num_devices}."]))
+  del num_processes  # Devices are a multiple of processes.
+
+
+def _message(errors: list[str]) -> str:
+  lines = "\n  - ".join(errors)
+  return (f"Invalid config:\n  - {lines}\nFix the config file or the --config.<field>=<value> "
+          "override; rnn_jax/config.py lists every field with its meaning.")

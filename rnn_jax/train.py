@@ -1,0 +1,526 @@
+"""Training: the train state, pure train/eval steps, their parallel wrappers, and the loop.
+
+`train_and_evaluate(config, workdir)` is the one entry point (`launch.py`, notebooks, ablations).
+Re-running it on the same workdir resumes from the latest checkpoint and continues exactly:
+same data order, same dropout keys, same final parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rnn_jax import checkpoints, config as config_lib, data, diagnostics, models, reporting
+
+Batch = dict[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+# ----------------------------------------------------------------------------- state
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes. A pytree: checkpointable, vmappable, shardable.
+
+  Attributes:
+    step: number of batches consumed so far (updates applied + updates skipped).
+    params: model params.
+    opt_state: optax state.
+    rng: raw uint32[2] PRNG key; the dropout key of step s is fold_in(rng, s).
+    nonfinite_steps: batches whose loss or gradient was NaN/Inf (their update was skipped).
+    first_nonfinite_step: the first such step, or -1.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  nonfinite_steps: jax.Array
+  first_nonfinite_step: jax.Array
+
+
+def build_model(config: ml_collections.ConfigDict, task: data.Task) -> models.SequenceModel:
+  """The model a config describes, sized for the task's inputs and outputs."""
+  if task.num_classes == 0:
+    num_outputs = 1  # Regression.
+  elif task.num_classes == 2 and config.binary_output:
+    num_outputs = 1
+  else:
+    num_outputs = task.num_classes
+  return models.SequenceModel(
+      cell=config.cell, cell_options=tuple(sorted(dict(config.cell_options).items())),
+      input_kind=task.input_kind, input_size=task.input_size, embed_size=config.embed_size,
+      hidden_size=config.hidden_size, num_layers=config.num_layers,
+      bidirectional=config.bidirectional, num_outputs=num_outputs, readout=config.readout,
+      dropout_rate=config.dropout_rate, recurrent_dropout_rate=config.recurrent_dropout_rate,
+      variational_dropout=config.variational_dropout, truncation=config.truncation,
+      unroll=config.unroll, remat=config.remat)
+
+
+def build_optimizer(config: ml_collections.ConfigDict, total_steps: int
+                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Adam(W) with optional global-norm clipping and a learning-rate schedule."""
+  lr = config.learning_rate
+  if config.lr_schedule == "constant":
+    schedule = optax.constant_schedule(lr)
+  elif config.lr_schedule == "cosine":
+    schedule = optax.cosine_decay_schedule(lr, max(total_steps, 1))
+  else:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps,
+                                                  max(total_steps, config.warmup_steps + 1))
+  parts = []
+  if config.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.weight_decay > 0:
+    parts.append(optax.adamw(schedule, weight_decay=config.weight_decay))
+  else:
+    parts.append(optax.adam(schedule))
+  return optax.chain(*parts), schedule
+
+
+def create_train_state(model: models.SequenceModel, tx: optax.GradientTransformation,
+                       seed: int) -> TrainState:
+  init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+  params = model.init(init_key)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=dropout_key, nonfinite_steps=jnp.zeros((), jnp.int32),
+                    first_nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+# ----------------------------------------------------------------------------- losses
+
+def loss_and_metrics(model: models.SequenceModel, logits: jax.Array, labels: jax.Array,
+                     weights: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Weighted mean loss, and the sums needed for exact metrics over many batches.
+
+  Softmax cross-entropy for classes, sigmoid cross-entropy for one logit with integer labels
+  (binary classification), mean squared error for one output with float labels (regression).
+  """
+  if model.num_outputs > 1:
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = jnp.argmax(logits, -1) == labels
+  elif jnp.issubdtype(labels.dtype, jnp.integer):
+    logit = logits[..., 0]
+    per_example = optax.sigmoid_binary_cross_entropy(logit, labels.astype(logit.dtype))
+    correct = (logit > 0) == (labels == 1)
+  else:
+    per_example = jnp.square(logits[..., 0] - labels)
+    correct = jnp.abs(logits[..., 0] - labels) < 0.04  # The adding problem's usual criterion.
+  count = jnp.sum(weights)
+  loss = jnp.sum(per_example * weights) / jnp.maximum(count, 1.0)
+  sums = {"loss_sum": jnp.sum(per_example * weights), "correct": jnp.sum(correct * weights),
+          "count": count}
+  return loss, sums
+
+
+def _weights(batch: Batch) -> jax.Array:
+  if "mask" in batch:
+    return batch["mask"].astype(jnp.float32)
+  return jnp.ones(batch["labels"].shape[:1], jnp.float32)
+
+
+# ----------------------------------------------------------------------------- steps
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array | None = None, *,
+               model: models.SequenceModel, tx: optax.GradientTransformation,
+               schedule: optax.Schedule | None = None,
+               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+  """One update on `batch`. Pure. NaN/Inf loss or gradients: the update is skipped and counted.
+
+  Args:
+    state: the train state.
+    batch: {"inputs", "labels", "lengths"?}.
+    rng: dropout key for this step; default fold_in(state.rng, state.step).
+    model, tx, schedule: static (bind them with functools.partial).
+    axis_name: set under `jax.pmap`: gradients and metrics are averaged over it.
+  """
+  if rng is None:
+    rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:  # A different dropout mask on each device's shard.
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+  def loss_fn(params):
+    logits = model.apply(params, batch["inputs"], batch.get("lengths"), key=rng)
+    return loss_and_metrics(model, logits, batch["labels"], _weights(batch))
+
+  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads, loss = jax.lax.pmean((grads, loss), axis_name)
+    sums = jax.lax.psum(sums, axis_name)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  state = state.replace(
+      step=state.step + 1,
+      params=keep_new(new_params, state.params),
+      opt_state=keep_new(new_opt_state, state.opt_state),
+      nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+      first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
+                                     state.first_nonfinite_step))
+  metrics = {"loss": loss, "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0),
+             "grad_norm": grad_norm, "param_norm": optax.global_norm(state.params)}
+  if schedule is not None:
+    metrics["learning_rate"] = schedule(state.step - 1)
+  return state, metrics
+
+
+def eval_step(params: Any, batch: Batch, *, model: models.SequenceModel,
+              axis_name: str | None = None) -> dict[str, jax.Array]:
+  """Sums of loss, correct predictions and real examples on `batch` (padding rows masked)."""
+  logits = model.apply(params, batch["inputs"], batch.get("lengths"))
+  _, sums = loss_and_metrics(model, logits, batch["labels"], _weights(batch))
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  return sums
+
+
+# ----------------------------------------------------------------------------- parallelism
+
+class Runner:
+  """Compiled train/eval steps for one of three ways to use the devices.
+
+  - "jit": one device, `jax.jit`.
+  - "sharded": `jax.jit` over a 1-D `Mesh` ('data'): the batch sharded on its first axis,
+    state replicated; XLA inserts the gradient all-reduce. Works across processes.
+  - "pmap": `jax.pmap` with `lax.pmean` over the 'data' axis; state replicated per device and
+    batches reshaped to [devices, per_device, ...].
+  All three compute the same update on the same global batch.
+  """
+
+  def __init__(self, mode: str, model: models.SequenceModel, tx: optax.GradientTransformation,
+               schedule: optax.Schedule | None = None):
+    if mode == "auto":
+      mode = "sharded" if jax.device_count() > 1 else "jit"
+    self.mode = mode
+    self._compiled = {}  # Batch shapes -> ahead-of-time compiled train step.
+    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule)
+    evaluate = functools.partial(eval_step, model=model)
+    if mode == "jit":
+      self._train = jax.jit(step, donate_argnums=0)
+      self._eval = jax.jit(evaluate)
+    elif mode == "sharded":
+      self.mesh = Mesh(np.array(jax.devices()), ("data",))
+      self._replicated = NamedSharding(self.mesh, PartitionSpec())
+      self._batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+      self._train = jax.jit(step, donate_argnums=0, out_shardings=self._replicated)
+      self._eval = jax.jit(evaluate, out_shardings=self._replicated)
+    elif mode == "pmap":
+      self._train = jax.pmap(functools.partial(step, axis_name="data"), axis_name="data",
+                             donate_argnums=0)
+      self._eval = jax.pmap(functools.partial(evaluate, axis_name="data"), axis_name="data")
+    else:
+      raise ValueError(f"parallel={mode!r} is not one of 'auto', 'jit', 'sharded', 'pmap'.")
+
+  def put_state(self, state: TrainState) -> TrainState:
+    """Places a host state on the devices as this mode wants it."""
+    if self.mode == "sharded":
+      return jax.device_put(state, self._replicated)
+    if self.mode == "pmap":  # One copy per local device along a new leading axis.
+      devices = jax.local_devices()
+      stacked = jax.tree.map(lambda x: np.broadcast_to(x, (len(devices),) + np.shape(x)),
+                             jax.device_get(state))
+      return jax.device_put(stacked, NamedSharding(Mesh(np.array(devices), ("d",)),
+                                                   PartitionSpec("d")))
+    return jax.device_put(state)
+
+  def get_state(self, state: TrainState) -> TrainState:
+    """One host copy of the state (the first replica under pmap)."""
+    if self.mode == "pmap":
+      state = jax.tree.map(lambda x: x[0], state)
+    return jax.device_get(state)
+
+  def put_batch(self, batch: Batch) -> Batch:
+    """This process's NumPy batch -> device arrays of the global batch."""
+    if self.mode == "sharded":
+      return {k: jax.make_array_from_process_local_data(self._batch_sharding, v)
+              for k, v in batch.items()}
+    if self.mode == "pmap":
+      n = jax.local_device_count()
+      return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
+    return batch
+
+  def train(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    step = self._compiled.get(_shapes(batch), self._train)
+    state, metrics = step(state, self.put_batch(batch))
+    if self.mode == "pmap":
+      metrics = jax.tree.map(lambda x: x[0], metrics)
+    return state, metrics
+
+  def eval(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
+    sums = self._eval(params, self.put_batch(batch))
+    if self.mode == "pmap":
+      sums = jax.tree.map(lambda x: x[0], sums)
+    return sums
+
+  def compile(self, state: TrainState, batch: Batch) -> float:
+    """Compiles the train step for `batch`'s shapes ahead of time; returns seconds taken."""
+    start = time.perf_counter()
+    if self.mode == "pmap":  # pmap has no AOT path that its call reuses: time a throwaway step.
+      jax.block_until_ready(self._train(jax.tree.map(jnp.copy, state), self.put_batch(batch)))
+    else:
+      self._compiled[_shapes(batch)] = self._train.lower(state, self.put_batch(batch)).compile()
+    return time.perf_counter() - start
+
+
+def _shapes(batch: Batch) -> tuple:
+  return tuple((k, np.shape(v)) for k, v in sorted(batch.items()))
+
+
+def evaluate(runner: Runner, params: Any, batches) -> dict[str, float]:
+  """Loss and accuracy over every example of an evaluation split."""
+  totals = None
+  for batch in batches:
+    sums = runner.eval(params, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    return {}
+  totals = jax.device_get(totals)
+  count = max(float(totals["count"]), 1.0)
+  return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count,
+          "count": int(totals["count"])}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradient became NaN or Inf."""
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """`jax.distributed.initialize()` when the config or the environment asks for it.
+
+  The environment variables are JAX's own (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+  JAX_PROCESS_ID); on Cloud TPU and SLURM JAX finds everything itself.
+  """
+  if not (config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    return
+  if jax.distributed.is_initialized():
+    return
+  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize()
+
+
+def _check_resume_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir written by a config with a different model or data."""
+  path = os.path.join(workdir, "config.json")
+  new = json.loads(config.to_json_best_effort())
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  shape_fields = ("dataset", "sequence", "cell", "cell_options", "hidden_size", "num_layers",
+                  "bidirectional", "embed_size", "vocab_size", "max_len", "readout",
+                  "binary_output", "batch_size", "seed", "padding", "truncating",
+                  "validation_size", "sequence_length")
+  changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in shape_fields
+             if old.get(k) != new.get(k)]
+  if changed:
+    raise ValueError(
+        f"The workdir {workdir} holds a run with a different config ({'; '.join(changed)}). "
+        "Resuming would mix two experiments. Use a new --workdir, or restore the old values.")
+
+
+def _save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  tmp = os.path.join(workdir, "config.json.tmp")
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+  """Yields a dict whose "set" becomes True on SIGTERM, so the loop can save and exit."""
+  flag = {"set": False}
+  previous = None
+
+  def handler(signum, frame):
+    del signum, frame
+    flag["set"] = True
+
+  try:
+    previous = signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # Not the main thread (e.g. some notebook runners): no handler.
+    previous = None
+  try:
+    yield flag
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains, evaluates, checkpoints and reports. Resumes from `workdir` if it holds a run.
+
+  Returns the summary also written to `workdir/summary.json`.
+  """
+  start_time = time.perf_counter()
+  config_lib.validate(config)
+  maybe_initialize_distributed(config)
+  config_lib.validate_devices(config, jax.device_count(), jax.process_count())
+  primary = jax.process_index() == 0
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  _check_resume_compatible(workdir, config)
+  if primary:
+    _save_config(workdir, config)
+
+  task = data.load(config, workdir)
+  model = build_model(config, task)
+  total_steps = task.steps_per_epoch * config.num_epochs
+  tx, schedule = build_optimizer(config, total_steps)
+  runner = Runner(config.parallel, model, tx, schedule)
+  state = create_train_state(model, tx, config.seed)
+  num_params = models.num_params(state.params)
+
+  ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                 keep=config.keep_checkpoints, keep_best=1,
+                                 best_metric="validation_accuracy")
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, _ = restored
+    logging.info("Resumed from step %d in %s.", int(state.step), workdir)
+  writer = reporting.MetricWriter(workdir, enabled=primary)
+  first_step = int(state.step)
+  state = runner.put_state(state)
+
+  first_batch = next(task.train_batches(0))
+  compile_time = runner.compile(state, first_batch)
+  logging.info("Train step compiled in %.2f s (%s, %d device(s)).", compile_time, runner.mode,
+               jax.device_count())
+  diagnose = None
+  if config.diagnostics_every_steps > 0 and primary:
+    diagnose = diagnostics.make_diagnostics(
+        model, diagnostics_batch(task),
+        loss_fn=lambda logits, b: loss_and_metrics(model, logits, b["labels"], _weights(b))[0])
+
+  previous = [r for r in reporting.read_metrics(workdir)
+              if r.get("kind") == "epoch" and r["step"] <= first_step]
+  best_val = max((r.get("validation_accuracy", -1.0) for r in previous), default=-1.0)
+  train_time, train_examples = 0.0, 0
+  step = first_step
+  epoch_metrics: dict[str, Any] = {}
+  with _sigterm_flag() as sigterm:
+    for epoch in range(step // task.steps_per_epoch, config.num_epochs):
+      epoch_start = time.perf_counter()
+      start_in_epoch = step - epoch * task.steps_per_epoch
+      bar = reporting.progress(epoch + 1, task.steps_per_epoch, initial=start_in_epoch,
+                               enabled=primary and config.progress_bar)
+      last: dict[str, float] = {}
+      for batch in task.train_batches(epoch, start_in_epoch):
+        state, metrics = runner.train(state, batch)
+        step += 1
+        if step % config.log_every_steps == 0 or step % task.steps_per_epoch == 0:
+          last = _host_metrics(metrics)  # Waits for this step: the timing below is honest.
+          _check_finite(state, config, ckpt)
+          examples = (step - epoch * task.steps_per_epoch - start_in_epoch) * config.batch_size
+          last["examples_per_s"] = examples / (time.perf_counter() - epoch_start)
+          writer.write(step, last, kind="train")
+          bar.set_metrics(loss=last["loss"], examples_per_s=last["examples_per_s"])
+        bar.update(1)
+        if diagnose is not None and step % config.diagnostics_every_steps == 0:
+          writer.write(step, diagnose(runner.get_state(state).params), kind="diagnostics")
+        if step % config.checkpoint_every_steps == 0:
+          ckpt.save(step, runner.get_state(state))
+        if sigterm["set"]:
+          ckpt.save(step, runner.get_state(state), force=True)
+          ckpt.wait()
+          bar.close()
+          logging.warning("SIGTERM: saved step %d in %s; run the same command to resume.",
+                          step, workdir)
+          raise SystemExit(143)
+      bar.close()
+      jax.block_until_ready(state)
+      train_time += time.perf_counter() - epoch_start
+      train_examples += (task.steps_per_epoch - start_in_epoch) * config.batch_size
+      epoch_time = time.perf_counter() - epoch_start
+      epoch_metrics = {"epoch": epoch + 1, "train_loss": bar.running_loss,
+                       "last_batch_accuracy": last.get("accuracy"),
+                       "last_batch_loss": last.get("loss"), "epoch_time_s": epoch_time,
+                       "examples_per_s": (task.steps_per_epoch - start_in_epoch)
+                                         * config.batch_size / epoch_time}
+      if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
+        val = evaluate(runner, state.params, task.eval_batches("validation"))
+        if val:
+          epoch_metrics.update(validation_accuracy=val["accuracy"], validation_loss=val["loss"])
+      host_state = runner.get_state(state)
+      ckpt.save(step, host_state, force=True)
+      if "validation_accuracy" in epoch_metrics:
+        best_val = max(best_val, epoch_metrics["validation_accuracy"])
+        ckpt.save_best(step, host_state,
+                       {"validation_accuracy": epoch_metrics["validation_accuracy"]})
+      writer.write(step, epoch_metrics, kind="epoch")
+      if primary:
+        print(reporting.epoch_line(epoch + 1, epoch_metrics), flush=True)
+
+  test = evaluate(runner, state.params, task.eval_batches("test"))
+  writer.write(step, {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}, kind="eval")
+  writer.close()
+  ckpt.wait()
+  ckpt.close()
+  summary = {
+      "config": json.loads(config.to_json_best_effort()),
+      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+      "best_validation_accuracy": best_val if best_val >= 0 else None,
+      "final_validation_accuracy": epoch_metrics.get("validation_accuracy"),
+      "num_params": num_params, "steps": step, "epochs": config.num_epochs,
+      "wall_time_s": time.perf_counter() - start_time,
+      "train_examples_per_s": train_examples / train_time if train_time else None,
+      "compile_time_s": compile_time, "resumed_from_step": first_step,
+      "devices": jax.device_count(), "parallel": runner.mode,
+      "nonfinite_steps_skipped": int(jax.device_get(runner.get_state(state).nonfinite_steps)),
+  }
+  if primary:
+    reporting.write_summary(workdir, summary)
+    if config.plots:
+      reporting.plot_curves(workdir)
+    print(f"test accuracy {test['accuracy']:.4f}  (loss {test['loss']:.4f}; "
+          f"{summary['wall_time_s']:.0f} s)", flush=True)
+  return summary
+
+
+def diagnostics_batch(task: data.Task, max_examples: int = 256) -> Batch:
+  """The fixed batch diagnostics are computed on: the first validation batch (the first train
+  batch of epoch 0 without a validation split), cut to `max_examples` rows."""
+  if task.num_eval_examples("validation") > 0:
+    batch = next(task.eval_batches("validation"))
+  else:
+    batch = next(task.train_batches(0))
+  return {k: v[:max_examples] for k, v in batch.items()}
+
+
+def _host_metrics(metrics: Metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _check_finite(state: TrainState, config: ml_collections.ConfigDict,
+                  ckpt: checkpoints.Checkpoints) -> None:
+  """With nonfinite='stop', raises at the first check after a NaN/Inf step.
+
+  The bad update itself was never applied (see `train_step`) and nothing is saved here, so the
+  last checkpoint on disk is the last good one.
+  """
+  if config.nonfinite != "stop":
+    return
+  count, first = (int(np.ravel(x)[0]) for x in jax.device_get(
+      (state.nonfinite_steps, state.first_nonfinite_step)))  # [0]: first replica under pmap.
+  if count > 0:
+    raise NonFiniteLossError(
+        f"Loss or gradient became NaN/Inf at step {first}. The last good checkpoint is step "
+        f"{ckpt.latest_step()} in {ckpt.directory}. Lower --config.learning_rate, set "
+        "--config.grad_clip_norm (e.g. 1.0), or set --config.nonfinite=skip to skip such steps.")

@@ -1,0 +1,39 @@
+"""Shared pytest configuration.
+
+Four fake CPU devices, so the data-parallel paths (sharded jit, pmap) run on any machine;
+XLA reads this flag once, before JAX initialises, which is why it is set here at import time.
+"""
+
+import glob
+import os
+import sys
+
+import pytest
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# The prepared TFDS data dir: $TFDS_DATA_DIR, else ../shared/tensorflow_datasets beside the repo.
+REAL_DATA_DIR = os.environ.get("TFDS_DATA_DIR") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "shared", "tensorflow_datasets")
+
+
+def real_data_dir(dataset: str) -> str:
+  """REAL_DATA_DIR if it holds `dataset` prepared by tfds; otherwise skips the test."""
+  if not glob.glob(os.path.join(REAL_DATA_DIR, dataset, "*", "dataset_info.json")) and \
+     not glob.glob(os.path.join(REAL_DATA_DIR, dataset, "*", "*", "dataset_info.json")):
+    pytest.skip(f"{dataset} is not prepared under {REAL_DATA_DIR}; set TFDS_DATA_DIR to a "
+                "prepared TFDS data dir to run this test.")
+  return REAL_DATA_DIR
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "real_data: reads a prepared TFDS data dir ($TFDS_DATA_DIR, else "
+      "../shared/tensorflow_datasets); skips when the dataset is not there. "
+      'Deselect with -m "not real_data".')
+  config.addinivalue_line(
+      "markers", "slow: long-running (fault injection, multi-process); run with -m slow.")
