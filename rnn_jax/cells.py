@@ -284,3 +284,25 @@ def gru(reset_after: bool = True, recurrent_init: str = "orthogonal") -> Cell:
 
   return Cell("gru", 3, 1, init, step,
               (("reset_after", reset_after), ("recurrent_init", recurrent_init)))
+
+
+@register("mgu")
+def mgu(recurrent_init: str = "orthogonal") -> Cell:
+  """Minimal gated unit (Zhou et al. 2016): one forget gate, gates f, n.
+
+      f = sigmoid(x W_xf + h W_hf + b_f)
+      n = tanh(x W_xn + (f * h) W_hn + b_n)
+      h' = (1 - f) * h + f * n
+  """
+  def init(key, input_size, hidden_size):
+    return _dense_params(key, input_size, hidden_size, 2, recurrent_init)
+
+  def step(params, h, x):
+    hidden = h.shape[-1]
+    xf, xn = jnp.split(x @ params["w_x"] + params["b"], 2, axis=-1)
+    f = jax.nn.sigmoid(xf + h @ params["w_h"][:, :hidden])
+    n = jnp.tanh(xn + (f * h) @ params["w_h"][:, hidden:])
+    h = (1.0 - f) * h + f * n
+    return h, h
+
+  return Cell("mgu", 2, 1, init, step, (("recurrent_init", recurrent_init),))

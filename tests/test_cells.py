@@ -35,6 +35,7 @@ CONFIGS = {
     "gru-reset-after": ("gru", {"reset_after": True}),
     "gru-default": ("gru", {}),
     "gru-reset-before": ("gru", {"reset_after": False}),
+    "mgu": ("mgu", {}),
 }
 
 
@@ -43,6 +44,8 @@ def num_gates(name, options):
     return 1
   if name == "lstm":
     return 3 if options.get("cifg") else 4
+  if name == "mgu":
+    return 2
   return 3
 
 
@@ -115,6 +118,17 @@ def ref_gru(p, h, x, *, reset_after, order=("r", "z", "n"), swap_update=False):
   return z * n + (1.0 - z) * h if swap_update else (1.0 - z) * n + z * h
 
 
+def ref_mgu(p, h, x):
+  """MGU (Zhou et al. 2016): f = sigmoid(x W_xf + h W_hf + b_f);
+  n = tanh(x W_xn + (f * h) W_hn + b_n); h' = (1 - f) * h + f * n."""
+  wx = {gate: block(p["w_x"], k) for k, gate in enumerate("fn")}
+  wh = {gate: block(p["w_h"], k) for k, gate in enumerate("fn")}
+  b = {gate: block(p["b"], k) for k, gate in enumerate("fn")}
+  f = sigmoid(x @ wx["f"] + h @ wh["f"] + b["f"])
+  n = np.tanh(x @ wx["n"] + (f * h) @ wh["n"] + b["n"])
+  return (1.0 - f) * h + f * n
+
+
 def reference_step(name, options, p, carry, x, **variant):
   """(new carry, h) of the float64 reference."""
   if name in ("rnn", "irnn"):
@@ -127,6 +141,9 @@ def reference_step(name, options, p, carry, x, **variant):
     kwargs.update(variant)
     h, c = ref_lstm(p, carry, x, **kwargs)
     return (h, c), h
+  if name == "mgu":
+    h = ref_mgu(p, carry, x)
+    return h, h
   kwargs = dict(reset_after=options.get("reset_after", True))
   kwargs.update(variant)
   h = ref_gru(p, carry, x, **kwargs)
