@@ -1,0 +1,601 @@
+"""Ablation sweeps: cells x seeds x any other config fields, with the seeds of one setting
+trained together in one compiled program (jax.vmap over the train state), then tables and plots.
+
+  python -m rnn_jax.ablate --config=configs/ablate_mnist_cells.py --workdir=runs/ablate_mnist
+
+A sweep config (see `defaults()`) names a task config (`base`), the axes to sweep (`sweep`:
+field -> values; dotted names reach into dicts, e.g. 'cell_options.forget_bias'), and `seeds`.
+Every (setting, seed) is a normal resumable run directory, DIR/<setting>/seed_<s>, holding what
+`train.train_and_evaluate` writes (config.json, metrics.jsonl, checkpoints/, summary.json,
+plots/) plus diagnostics.json (gradient norm through time of the final params on a fixed
+batch, and the memory horizon). Running the command again skips runs whose summary.json exists
+and resumes the others. DIR/results.md and DIR/results.csv hold mean +- std over seeds;
+DIR/plots/ the learning curves, a summary bar chart and the gradient norm through time.
+
+Vmapped seeds (`vmap_seeds=True`): each seed keeps its own params, optimizer state, dropout
+key AND its own data (its task is loaded with its own seed, so its train order, and for
+seed-dependent data such as the adding problem its examples, are exactly those of the
+sequential run); the S batches of a step are stacked and the vmapped `train.train_step`
+consumes them at once. So a vmapped run computes the same updates as `train_and_evaluate`
+with that seed, up to float reassociation (tests/test_ablate.py checks the params agree).
+Batches of different widths (IMDB length buckets) are right-padded to the widest, which the
+masked scan ignores; left-padded token batches of different widths cannot be stacked: use
+`length_buckets=()` or `vmap_seeds=False`. A group whose seeds stopped at different steps
+resumes sequentially, each seed from its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import functools
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rnn_jax import checkpoints, config as config_lib, data, diagnostics, models, reporting
+from rnn_jax import train
+
+TRAINERS = ("classifier", "lm")
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The fields of a sweep config, with their defaults."""
+  c = ml_collections.ConfigDict()
+  c.base = config_lib.defaults()  # The task config every run starts from.
+  # c.sweep, set by each sweep config: {field: [values]}, or a tuple of (field, [values]) pairs
+  # when a field name has dots (ConfigDict keys cannot). The runs are the product of the axes.
+  c.seeds = [0, 1, 2]            # One run per seed and setting.
+  c.vmap_seeds = True            # Train the seeds of a setting together (jax.vmap); else one by one.
+  c.match_params = 0             # > 0: pick each setting's hidden_size so its parameter count is
+                                 # closest to this (budget matching across cells); 0 = off.
+  c.trainer = "classifier"       # 'classifier' (train.train_and_evaluate) or 'lm' (rnn_jax.lm).
+  c.metrics = ("test_accuracy", "test_loss")  # summary.json fields tabulated (mean +- std).
+  c.curve_metric = "validation_accuracy"  # Epoch metric for the learning-curve plot.
+  c.horizon_fraction = 0.01      # memory_horizon threshold.
+  c.diagnostics_examples = 256   # Examples in the fixed batch of the final diagnostics.
+  return c
+
+
+# ----------------------------------------------------------------------------- settings
+
+def settings(sweep: ml_collections.ConfigDict) -> list[tuple[str, dict[str, Any]]]:
+  """[(name, {field: value})] for the product of the sweep axes, first axis slowest."""
+  axes = sweep.get("sweep") or ()
+  axes = [(k, list(v)) for k, v in (axes.items() if hasattr(axes, "items") else axes)]
+  for key, values in axes:
+    if not values:
+      raise ValueError(f"sweep.{key} is empty; give it at least one value or remove it.")
+  out = []
+  for combo in itertools.product(*[values for _, values in axes]):
+    overrides = dict(zip([k for k, _ in axes], combo))
+    name = ",".join(f"{k}={_short(v)}" for k, v in overrides.items()) or "base"
+    out.append((name, overrides))
+  return out
+
+
+def _short(value) -> str:
+  return str(value).replace("/", "_").replace(" ", "")
+
+
+def run_config(base: ml_collections.ConfigDict, overrides: dict[str, Any],
+               seed: int) -> ml_collections.ConfigDict:
+  """`base` with the setting's overrides (dotted names into dicts) and `seed`."""
+  config = copy.deepcopy(base)
+  with config.unlocked():
+    for key, value in overrides.items():
+      target = config
+      *path, leaf = key.split(".")
+      for part in path:
+        target = target[part]
+      if leaf not in target and not path:
+        raise ValueError(f"sweep field {key!r} is not a config field; see rnn_jax/config.py.")
+      target[leaf] = value
+    config.seed = seed
+  return config
+
+
+def task_dims(config: ml_collections.ConfigDict) -> tuple[str, int, int]:
+  """(input_kind, input_size, num_classes) of the config's task, without loading big data."""
+  if config.dataset == "adding":
+    return "features", 2, 0
+  if config.dataset in ("mnist", "fashion_mnist"):
+    return "features", 28 if config.sequence == "rows" else 1, 10
+  if config.dataset == "imdb_reviews":
+    return "tokens", config.vocab_size, 2
+  task = data.load(config)
+  return task.input_kind, task.input_size, task.num_classes
+
+
+def count_params(config: ml_collections.ConfigDict) -> int:
+  """Parameters of the model `config` describes (shapes only; nothing is initialised)."""
+  kind, size, classes = task_dims(config)
+  fake = data.Task(name="", input_kind=kind, seq_len=1, input_size=size, num_classes=classes,
+                   splits={"train": {"x": np.zeros(1)}}, make_batch=None, batch_size=1,
+                   eval_batch_size=1, seed=0, metadata={})
+  model = train.build_model(config, fake)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def match_hidden_size(config: ml_collections.ConfigDict, target: int,
+                      limit: int = 8192) -> int:
+  """The hidden_size whose parameter count is closest to `target` (counts grow with it)."""
+  def count(hidden):
+    trial = copy.deepcopy(config)
+    trial.hidden_size = hidden
+    return count_params(trial)
+  lo, hi = 1, limit
+  while lo < hi:  # Smallest hidden with count >= target.
+    mid = (lo + hi) // 2
+    if count(mid) >= target:
+      hi = mid
+    else:
+      lo = mid + 1
+  if lo > 1 and abs(count(lo - 1) - target) <= abs(count(lo) - target):
+    return lo - 1
+  return lo
+
+
+# ----------------------------------------------------------------------------- vmapped seeds
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def _unstack(tree, n):
+  return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
+
+
+def stack_batches(batches: Sequence[dict[str, np.ndarray]], *,
+                  can_pad: bool = False) -> dict[str, np.ndarray]:
+  """[S] batches -> one batch with a leading seed axis.
+
+  With `can_pad` (right-padded token batches with lengths), batches of different widths are
+  right-padded with id 0 to the widest; the masked scan never reads past a length.
+  """
+  widths = {b["inputs"].shape[1] for b in batches}
+  if len(widths) > 1:
+    if not (can_pad and "lengths" in batches[0]):
+      raise ValueError(
+          f"The seeds' batches have different widths {sorted(widths)} and cannot be stacked. "
+          "Fix: set length_buckets=() or padding='post' in the base config, or vmap_seeds=False "
+          "in the sweep.")
+    width = max(widths)
+    batches = [{**b, "inputs": np.pad(b["inputs"], [(0, 0), (0, width - b["inputs"].shape[1])]
+                                      + [(0, 0)] * (b["inputs"].ndim - 2))} for b in batches]
+  return _stack(batches)
+
+
+def _diagnostics_and_save(model, params, task, workdir, fraction, examples, loss_fn):
+  batch = train.diagnostics_batch(task, examples)
+  record = diagnostics.make_diagnostics(model, batch, loss_fn=loss_fn, fraction=fraction)(params)
+  path = os.path.join(workdir, "diagnostics.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f)
+  os.replace(path + ".tmp", path)
+  return record
+
+
+def _loss_fn(model):
+  return lambda logits, b: train.loss_and_metrics(model, logits, b["labels"], train._weights(b))[0]
+
+
+def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str], *,
+                horizon_fraction: float = 0.01, diagnostics_examples: int = 256
+                ) -> list[dict[str, Any]]:
+  """Trains the configs (identical but for `seed`) together: one vmapped, compiled train step.
+
+  Writes into each workdir what `train.train_and_evaluate` writes, and returns the summaries.
+  """
+  start_time = time.perf_counter()
+  n = len(configs)
+  for config in configs:
+    config_lib.validate(config)
+  same = [json.loads(c.to_json_best_effort()) for c in configs]
+  for s in same:
+    s.pop("seed")
+  if any(s != same[0] for s in same):
+    raise ValueError("train_seeds needs configs that differ only in `seed`.")
+  config = configs[0]
+  workdirs = [os.path.abspath(w) for w in workdirs]
+  for c, w in zip(configs, workdirs):
+    os.makedirs(w, exist_ok=True)
+    train._check_resume_compatible(w, c)
+    train._save_config(w, c)
+
+  tasks = [data.load(c, w) for c, w in zip(configs, workdirs)]
+  if len({t.steps_per_epoch for t in tasks}) > 1:
+    raise ValueError("The seeds' tasks have different epoch lengths; use vmap_seeds=False.")
+  steps_per_epoch = tasks[0].steps_per_epoch
+  model = train.build_model(config, tasks[0])
+  tx, schedule = train.build_optimizer(config, steps_per_epoch * config.num_epochs)
+  ckpts = [checkpoints.Checkpoints(os.path.join(w, "checkpoints"), keep=config.keep_checkpoints,
+                                   keep_best=1, best_metric="validation_accuracy")
+           for w in workdirs]
+  fresh = [train.create_train_state(model, tx, c.seed) for c in configs]
+  restored = [ck.restore_latest(s) for ck, s in zip(ckpts, fresh)]
+  steps = {0 if r is None else int(r[1]) for r in restored}
+  if len(steps) > 1:  # Stopped at different steps: let each seed resume on its own.
+    logging.warning("Seeds stopped at different steps %s; resuming them one by one.", steps)
+    for ck in ckpts:
+      ck.close()
+    return [train.train_and_evaluate(c, w) for c, w in zip(configs, workdirs)]
+  states = [s if r is None else r[0] for s, r in zip(fresh, restored)]
+  first_step = steps.pop()
+  num_params = models.num_params(states[0].params)
+
+  step_fn = jax.jit(jax.vmap(functools.partial(train.train_step, model=model, tx=tx,
+                                               schedule=schedule)), donate_argnums=0)
+  eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, model=model)))
+  state = jax.device_put(_stack(states))
+  can_pad = config.padding == "post"
+  first = stack_batches([next(t.train_batches(0)) for t in tasks], can_pad=can_pad)
+  compile_start = time.perf_counter()
+  compiled = step_fn.lower(state, first).compile()
+  compile_time = time.perf_counter() - compile_start
+  first_shapes = jax.tree.map(np.shape, first)
+
+  def run_step(state, batch):
+    fn = compiled if jax.tree.map(np.shape, batch) == first_shapes else step_fn
+    return fn(state, batch)
+
+  def evaluate(params, split):
+    totals = None
+    for batch in zip(*[t.eval_batches(split) for t in tasks]):
+      sums = eval_fn(params, stack_batches(batch, can_pad=can_pad))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+      return [{} for _ in range(n)]
+    totals = jax.device_get(totals)
+    return [{"loss": float(totals["loss_sum"][i]) / max(float(totals["count"][i]), 1.0),
+             "accuracy": float(totals["correct"][i]) / max(float(totals["count"][i]), 1.0)}
+            for i in range(n)]
+
+  writers = [reporting.MetricWriter(w, enabled=True) for w in workdirs]
+  diagnose = None
+  if config.diagnostics_every_steps > 0:
+    diagnose = [diagnostics.make_diagnostics(model, train.diagnostics_batch(t),
+                                             loss_fn=_loss_fn(model)) for t in tasks]
+  best_val = [max((r.get("validation_accuracy", -1.0) for r in reporting.read_metrics(w, "epoch")
+                   if r["step"] <= first_step), default=-1.0) for w in workdirs]
+  step, train_time, train_examples = first_step, 0.0, 0
+  epoch_metrics = [{} for _ in range(n)]
+  for epoch in range(step // steps_per_epoch, config.num_epochs):
+    epoch_start = time.perf_counter()
+    start_in_epoch = step - epoch * steps_per_epoch
+    losses = [[] for _ in range(n)]
+    last = [{} for _ in range(n)]
+    for batches in zip(*[t.train_batches(epoch, start_in_epoch) for t in tasks]):
+      state, metrics = run_step(state, stack_batches(batches, can_pad=can_pad))
+      step += 1
+      if step % config.log_every_steps == 0 or step % steps_per_epoch == 0:
+        host = jax.device_get(metrics)
+        _check_finite(state, config)
+        examples = (step - epoch * steps_per_epoch - start_in_epoch) * config.batch_size
+        rate = examples / (time.perf_counter() - epoch_start)
+        for i in range(n):
+          last[i] = {k: float(v[i]) for k, v in host.items()}
+          last[i]["examples_per_s"] = rate
+          losses[i].append(last[i]["loss"])
+          writers[i].write(step, last[i], kind="train")
+      if diagnose is not None and step % config.diagnostics_every_steps == 0:
+        for i, params in enumerate(_unstack(jax.device_get(state.params), n)):
+          writers[i].write(step, diagnose[i](params), kind="diagnostics")
+      if step % config.checkpoint_every_steps == 0:
+        for ck, s in zip(ckpts, _unstack(jax.device_get(state), n)):
+          ck.save(step, s)
+    jax.block_until_ready(state)
+    epoch_time = time.perf_counter() - epoch_start
+    train_time += epoch_time
+    train_examples += (steps_per_epoch - start_in_epoch) * config.batch_size
+    do_eval = (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs
+    val = evaluate(state.params, "validation") if do_eval else [{} for _ in range(n)]
+    host_states = _unstack(jax.device_get(state), n)
+    for i in range(n):
+      epoch_metrics[i] = {
+          "epoch": epoch + 1, "train_loss": float(np.mean(losses[i])) if losses[i] else None,
+          "last_batch_accuracy": last[i].get("accuracy"), "last_batch_loss": last[i].get("loss"),
+          "epoch_time_s": epoch_time,
+          "examples_per_s": (steps_per_epoch - start_in_epoch) * config.batch_size / epoch_time}
+      ckpts[i].save(step, host_states[i], force=True)
+      if val[i]:
+        epoch_metrics[i].update(validation_accuracy=val[i]["accuracy"],
+                                validation_loss=val[i]["loss"])
+        best_val[i] = max(best_val[i], val[i]["accuracy"])
+        ckpts[i].save_best(step, host_states[i], {"validation_accuracy": val[i]["accuracy"]})
+      writers[i].write(step, epoch_metrics[i], kind="epoch")
+    print(f"[{n} seeds] " + reporting.epoch_line(epoch + 1, epoch_metrics[0]), flush=True)
+
+  test = evaluate(state.params, "test")
+  final_params = _unstack(jax.device_get(state.params), n)
+  wall = time.perf_counter() - start_time
+  summaries = []
+  for i, (c, w) in enumerate(zip(configs, workdirs)):
+    writers[i].write(step, {"test_accuracy": test[i]["accuracy"], "test_loss": test[i]["loss"]},
+                     kind="eval")
+    writers[i].close()
+    ckpts[i].wait()
+    ckpts[i].close()
+    record = _diagnostics_and_save(model, final_params[i], tasks[i], w, horizon_fraction,
+                                   diagnostics_examples, _loss_fn(model))
+    summary = {
+        "config": json.loads(c.to_json_best_effort()),
+        "test_accuracy": test[i]["accuracy"], "test_loss": test[i]["loss"],
+        "best_validation_accuracy": best_val[i] if best_val[i] >= 0 else None,
+        "final_validation_accuracy": epoch_metrics[i].get("validation_accuracy"),
+        "num_params": num_params, "steps": step, "epochs": c.num_epochs,
+        "wall_time_s": wall,
+        # All seeds advance together: this is the examples of ALL seeds per second.
+        "train_examples_per_s": n * train_examples / train_time if train_time else None,
+        "compile_time_s": compile_time, "resumed_from_step": first_step,
+        "devices": 1, "parallel": "vmap_seeds", "vmapped_seeds": n,
+        "memory_horizon": record["memory_horizon"],
+        "nonfinite_steps_skipped": int(final_nonfinite(state, i)),
+    }
+    reporting.write_summary(w, summary)
+    if c.plots:
+      reporting.plot_curves(w)
+    summaries.append(summary)
+  return summaries
+
+
+def final_nonfinite(state, i: int) -> int:
+  return int(jax.device_get(state.nonfinite_steps)[i])
+
+
+def _check_finite(state, config) -> None:
+  """With nonfinite='stop', raises once any seed has had a NaN/Inf loss or gradient."""
+  if config.nonfinite != "stop":
+    return
+  counts, firsts = jax.device_get((state.nonfinite_steps, state.first_nonfinite_step))
+  bad = [i for i, c in enumerate(counts) if c > 0]
+  if bad:
+    raise train.NonFiniteLossError(
+        f"Loss or gradient became NaN/Inf for seed index {bad[0]} at step {firsts[bad[0]]}. "
+        "Lower the base config's learning_rate, set grad_clip_norm (e.g. 1.0), or set "
+        "nonfinite='skip'.")
+
+
+def train_one(config: ml_collections.ConfigDict, workdir: str, *, horizon_fraction: float = 0.01,
+              diagnostics_examples: int = 256) -> dict[str, Any]:
+  """`train.train_and_evaluate`, then the final diagnostics from the latest checkpoint."""
+  summary = train.train_and_evaluate(config, workdir)
+  task = data.load(config, workdir)
+  model = train.build_model(config, task)
+  tx, _ = train.build_optimizer(config, 1)
+  template = jax.eval_shape(lambda: train.create_train_state(model, tx, config.seed))
+  with checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ck:
+    state, _ = ck.restore_latest(template)
+  record = _diagnostics_and_save(model, state.params, task, workdir, horizon_fraction,
+                                 diagnostics_examples, _loss_fn(model))
+  summary["memory_horizon"] = record["memory_horizon"]
+  reporting.write_summary(workdir, summary)
+  return summary
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+def run_dir(workdir: str, name: str, seed: int) -> str:
+  return os.path.join(workdir, name, f"seed_{seed}")
+
+
+def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """Trains every unfinished (setting, seed), then writes the tables and plots. Returns rows."""
+  if sweep.trainer not in TRAINERS:
+    raise ValueError(f"trainer={sweep.trainer!r} is not one of {TRAINERS}.")
+  os.makedirs(workdir, exist_ok=True)
+  for name, overrides in settings(sweep):
+    configs = [run_config(sweep.base, overrides, seed) for seed in sweep.seeds]
+    if sweep.match_params > 0:
+      hidden = match_hidden_size(configs[0], sweep.match_params)
+      for c in configs:
+        c.hidden_size = hidden
+    dirs = [run_dir(workdir, name, seed) for seed in sweep.seeds]
+    todo = [i for i, d in enumerate(dirs) if not os.path.exists(os.path.join(d, "summary.json"))]
+    if not todo:
+      logging.info("%s: all seeds finished; skipped.", name)
+      continue
+    print(f"== {name}: seeds {[sweep.seeds[i] for i in todo]}", flush=True)
+    kwargs = dict(horizon_fraction=sweep.horizon_fraction,
+                  diagnostics_examples=sweep.diagnostics_examples)
+    if sweep.trainer == "lm":
+      from rnn_jax import lm  # pylint: disable=g-import-not-at-top
+      for i in todo:
+        lm.train_lm(configs[i], dirs[i])
+    elif sweep.vmap_seeds and len(todo) > 1:
+      train_seeds([configs[i] for i in todo], [dirs[i] for i in todo], **kwargs)
+    else:
+      for i in todo:
+        train_one(configs[i], dirs[i], **kwargs)
+  rows = collect(sweep, workdir)
+  write_tables(rows, workdir, sweep.metrics)
+  write_plots(sweep, workdir, rows)
+  return rows
+
+
+def _mean_std(values):
+  values = [v for v in values if v is not None]
+  if not values:
+    return None, None
+  return float(np.mean(values)), float(np.std(values))
+
+
+def collect(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """One row per setting: mean and std over its finished seeds of every tabulated number."""
+  rows = []
+  for name, overrides in settings(sweep):
+    summaries = []
+    for seed in sweep.seeds:
+      path = os.path.join(run_dir(workdir, name, seed), "summary.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          summaries.append(json.load(f))
+    if not summaries:
+      continue
+    row = {"setting": name, **{k: _short(v) for k, v in overrides.items()},
+           "seeds": len(summaries)}
+    fields = list(sweep.metrics) + ["num_params", "train_examples_per_s", "compile_time_s",
+                                    "wall_time_s", "memory_horizon"]
+    for field in fields:
+      row[field], row[field + "_std"] = _mean_std([s.get(field) for s in summaries])
+    rows.append(row)
+  return rows
+
+
+def _fmt(mean, std, digits=4):
+  if mean is None:
+    return "-"
+  if std is None:
+    return f"{mean:.{digits}g}"
+  return f"{mean:.{digits}g} ± {std:.2g}"
+
+
+def write_tables(rows: list[dict[str, Any]], workdir: str, metrics: Sequence[str]) -> None:
+  """workdir/results.csv (means and stds in columns) and workdir/results.md (mean ± std)."""
+  if not rows:
+    return
+  keys = list(rows[0])
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+  shown = list(metrics) + ["num_params", "train_examples_per_s", "compile_time_s",
+                           "wall_time_s", "memory_horizon"]
+  header = ["setting", "seeds"] + shown
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [row["setting"], str(row["seeds"])]
+    for field in shown:
+      digits = 4 if field in metrics else 3
+      cells.append(_fmt(row[field], row[field + "_std"], digits))
+    lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append("Mean ± std over seeds. train_examples_per_s: with vmapped seeds, the examples "
+               "of all seeds of the setting per second; wall_time_s and compile_time_s are "
+               "then the group's. memory_horizon: steps back from the last step where the "
+               "gradient norm through time stays above the threshold fraction of its last value "
+               "(final params, fixed batch).")
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def write_plots(sweep: ml_collections.ConfigDict, workdir: str,
+                rows: list[dict[str, Any]]) -> list[str]:
+  """learning_curves.png, summary.png and grad_norm_through_time.png under workdir/plots."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  out = os.path.join(workdir, "plots")
+  os.makedirs(out, exist_ok=True)
+  names = [row["setting"] for row in rows]
+  paths = []
+
+  def band(ax, xs, runs, label):
+    length = min(len(r) for r in runs)
+    if length == 0:
+      return
+    values = np.array([r[:length] for r in runs], np.float64)
+    mean, std = values.mean(0), values.std(0)
+    line, = ax.plot(xs[:length], mean, label=label)
+    ax.fill_between(xs[:length], mean - std, mean + std, alpha=0.2, color=line.get_color())
+
+  fig = Figure(figsize=(12, 4.5), layout="constrained")
+  FigureCanvasAgg(fig)
+  ax_loss, ax_val = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+  grads = {}
+  for name in names:
+    dirs = [run_dir(workdir, name, s) for s in sweep.seeds]
+    dirs = [d for d in dirs if os.path.exists(os.path.join(d, "summary.json"))]
+    train_runs = [[r for r in reporting.read_metrics(d, "train")] for d in dirs]
+    epoch_runs = [[r for r in reporting.read_metrics(d, "epoch")] for d in dirs]
+    if train_runs and all(train_runs):
+      band(ax_loss, [r["step"] for r in train_runs[0]],
+           [[r["loss"] for r in run] for run in train_runs], name)
+    curve = sweep.curve_metric
+    if epoch_runs and all(epoch_runs) and all(curve in r for run in epoch_runs for r in run):
+      band(ax_val, [r["epoch"] for r in epoch_runs[0]],
+           [[r[curve] for r in run] for run in epoch_runs], name)
+    norms = []
+    for d in dirs:
+      path = os.path.join(d, "diagnostics.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          norms.append(json.load(f)["grad_norm_through_time"])
+    if norms:
+      grads[name] = norms
+  ax_loss.set(title="Training loss (mean ± std over seeds)", xlabel="step", ylabel="loss")
+  ax_val.set(title=f"{sweep.curve_metric} (mean ± std over seeds)", xlabel="epoch",
+             ylabel=sweep.curve_metric)
+  for ax in (ax_loss, ax_val):
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=7)
+  paths.append(os.path.join(out, "learning_curves.png"))
+  fig.savefig(paths[-1], dpi=100)
+
+  metric = sweep.metrics[0]
+  fig = Figure(figsize=(max(5, 1.0 * len(rows) + 2), 4.5), layout="constrained")
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  means = [row[metric] if row[metric] is not None else np.nan for row in rows]
+  stds = [row[metric + "_std"] or 0.0 for row in rows]
+  ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+  ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
+  ax.set(title=f"{metric} (mean ± std over seeds)", ylabel=metric)
+  ax.grid(alpha=0.3, axis="y")
+  paths.append(os.path.join(out, "summary.png"))
+  fig.savefig(paths[-1], dpi=100)
+
+  if grads:
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, runs in grads.items():
+      values = np.array(runs, np.float64)
+      steps_back = np.arange(values.shape[1])[::-1]  # 0 = the last step
+      floor = np.finfo(np.float64).tiny  # log scale: exact zeros (truncated paths) at the floor
+      mean = np.maximum(values.mean(0), floor)
+      line, = ax.plot(steps_back, mean, label=name)
+      ax.fill_between(steps_back, np.maximum(values.min(0), floor), np.maximum(values.max(0), floor),
+                      alpha=0.15, color=line.get_color())
+    ax.set_yscale("log")
+    ax.invert_xaxis()
+    ax.set(title="||dL/dh_t|| of the final params (mean, min-max band over seeds)",
+           xlabel="steps before the last step", ylabel="gradient norm")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    paths.append(os.path.join(out, "grad_norm_through_time.png"))
+    fig.savefig(paths[-1], dpi=100)
+  return paths
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  rows = run_sweep(flags.FLAGS.config, flags.FLAGS.workdir)
+  with open(os.path.join(flags.FLAGS.workdir, "results.md")) as f:
+    print(f.read())
+  del rows
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "A sweep config, e.g. "
+                                  "configs/ablate_mnist_cells.py.")
+  flags.DEFINE_string("workdir", None, "Directory of the sweep; re-running resumes it.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

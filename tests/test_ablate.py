@@ -1,0 +1,122 @@
+"""Ablation sweeps: vmapped seeds equal sequential runs, finished runs are skipped, tables and
+plots are written, parameter budgets match."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from rnn_jax import ablate, checkpoints, config as config_lib, data, train
+
+
+def _sweep(axes=None, **overrides):
+  sweep = ablate.defaults()
+  base = sweep.base
+  base.dataset = "adding"
+  base.sequence_length = 10
+  base.num_train_examples = 64
+  base.validation_size = 32
+  base.batch_size = 16
+  base.eval_batch_size = 32
+  base.hidden_size = 6
+  base.num_epochs = 2
+  base.log_every_steps = 2
+  base.parallel = "jit"
+  base.progress_bar = False
+  base.plots = False
+  base.dropout_rate = 0.1  # Each seed must keep its own dropout key.
+  sweep.sweep = axes or {"cell": ["rnn", "gru"]}
+  sweep.seeds = [0, 1]
+  sweep.metrics = ("test_loss", "test_accuracy")
+  sweep.diagnostics_examples = 16
+  for key, value in overrides.items():
+    sweep[key] = value
+  return sweep
+
+
+def _final_params(config, workdir):
+  task = data.load(config, workdir)
+  model = train.build_model(config, task)
+  tx, _ = train.build_optimizer(config, 1)
+  template = jax.eval_shape(lambda: train.create_train_state(model, tx, config.seed))
+  with checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ck:
+    state, step = ck.restore_latest(template)
+  return state.params, step
+
+
+def test_sweep_vmapped_equals_sequential_skips_and_reports(tmp_path):
+  sweep = _sweep()
+  workdir = str(tmp_path / "sweep")
+  rows = ablate.run_sweep(sweep, workdir)
+  assert [r["setting"] for r in rows] == ["cell=rnn", "cell=gru"]
+  assert all(r["seeds"] == 2 for r in rows)
+
+  # The vmapped group computed what train_and_evaluate computes for each seed on its own.
+  for seed in (1,):  # Seed 1: its own init, dropout key and data, none of them seed 0's.
+    config = ablate.run_config(sweep.base, {"cell": "gru"}, seed)
+    alone = str(tmp_path / f"alone_{seed}")
+    summary = train.train_and_evaluate(config, alone)
+    vmapped_dir = ablate.run_dir(workdir, "cell=gru", seed)
+    want, want_step = _final_params(config, alone)
+    got, got_step = _final_params(config, vmapped_dir)
+    assert got_step == want_step == 8
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), got, want)
+    with open(os.path.join(vmapped_dir, "summary.json")) as f:
+      vm = json.load(f)
+    assert vm["vmapped_seeds"] == 2
+    np.testing.assert_allclose(vm["test_loss"], summary["test_loss"], rtol=1e-4)
+  p0, _ = _final_params(ablate.run_config(sweep.base, {"cell": "gru"}, 0),
+                        ablate.run_dir(workdir, "cell=gru", 0))
+  p1, _ = _final_params(ablate.run_config(sweep.base, {"cell": "gru"}, 1),
+                        ablate.run_dir(workdir, "cell=gru", 1))
+  assert not np.allclose(p0["head"]["w"], p1["head"]["w"])
+
+  for name in ("results.md", "results.csv", "plots/learning_curves.png", "plots/summary.png",
+               "plots/grad_norm_through_time.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert "cell=gru" in table and "±" in table and "memory_horizon" in table
+  with open(os.path.join(ablate.run_dir(workdir, "cell=rnn", 1), "diagnostics.json")) as f:
+    assert len(json.load(f)["grad_norm_through_time"]) == 10
+
+  # Re-running trains nothing: the summaries stay untouched.
+  stamps = {d: os.path.getmtime(os.path.join(d, "summary.json"))
+            for d in (ablate.run_dir(workdir, n, s) for n in ("cell=rnn", "cell=gru")
+                      for s in (0, 1))}
+  ablate.run_sweep(sweep, workdir)
+  assert all(os.path.getmtime(os.path.join(d, "summary.json")) == t for d, t in stamps.items())
+
+
+def test_sequential_fallback_and_dotted_fields(tmp_path):
+  axes = (("cell", ["lstm"]), ("cell_options.forget_bias", [0.0]), ("truncation", [4]))
+  sweep = _sweep(axes, vmap_seeds=False, seeds=[3])
+  rows = ablate.run_sweep(sweep, str(tmp_path))
+  assert rows[0]["setting"] == "cell=lstm,cell_options.forget_bias=0.0,truncation=4"
+  with open(os.path.join(str(tmp_path), rows[0]["setting"], "seed_3", "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["config"]["cell_options"] == {"forget_bias": 0.0}
+  assert summary["config"]["truncation"] == 4 and summary["memory_horizon"] <= 4
+
+
+def test_match_hidden_size():
+  config = config_lib.defaults()
+  config.dataset = "adding"
+  target = 5000
+  counts = {}
+  for cell in ("rnn", "lstm", "gru"):
+    config.cell = cell
+    config.hidden_size = ablate.match_hidden_size(config, target)
+    counts[cell] = ablate.count_params(config)
+    config.hidden_size += 1
+    above = ablate.count_params(config)
+    config.hidden_size -= 2
+    below = ablate.count_params(config)
+    assert abs(counts[cell] - target) <= min(abs(above - target), abs(below - target))
+  assert max(counts.values()) / min(counts.values()) < 1.1
+
+
+def test_unknown_sweep_field():
+  with pytest.raises(ValueError, match="not a config field"):
+    ablate.run_config(config_lib.defaults(), {"hiden_size": 3}, 0)
