@@ -21,6 +21,8 @@ def get_config():
   config.hidden_size = 64
   config.num_layers = 2
   config.dropout_rate = 0.2
+  config.padding = "pre"  # Keras pad_sequences' defaults, as the original used.
+  config.truncating = "pre"
   config.binary_output = True  # One sigmoid output, binary cross-entropy.
   config.learning_rate = 1e-3
   config.batch_size = 128
