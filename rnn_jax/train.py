@@ -420,7 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       epoch_start = time.perf_counter()
       start_in_epoch = step - epoch * task.steps_per_epoch
       bar = reporting.progress(epoch + 1, task.steps_per_epoch, initial=start_in_epoch,
-                               enabled=primary and config.progress_bar)
+                               enabled=None if primary and config.progress_bar else False)
       last: dict[str, float] = {}
       for batch in task.train_batches(epoch, start_in_epoch):
         state, metrics = runner.train(state, batch)
