@@ -120,3 +120,32 @@ def test_match_hidden_size():
 def test_unknown_sweep_field():
   with pytest.raises(ValueError, match="not a config field"):
     ablate.run_config(config_lib.defaults(), {"hiden_size": 3}, 0)
+
+
+def test_lm_tbptt_sweep_on_a_small_stream(tmp_path, monkeypatch):
+  from rnn_jax import lm
+  rng = np.random.default_rng(0)
+  # A stream with structure: after token a comes (a * 3) % 13 + 2, with some noise.
+  def stream(n):
+    out = [2]
+    for _ in range(n - 1):
+      out.append((out[-1] * 3) % 13 + 2 if rng.uniform() < 0.9 else int(rng.integers(2, 15)))
+    return np.array(out, np.int32)
+  streams = {"train": stream(2400), "validation": stream(300), "test": stream(300)}
+  monkeypatch.setattr(lm, "build_streams", lambda config, workdir=None: (streams, None))
+  sweep = ablate.defaults()
+  base = lm.defaults()
+  base.update(vocab_size=16, embed_size=8, hidden_size=16, batch_size=8, window=5,
+              eval_window=10, num_epochs=1, log_every_steps=20, learning_rate=1e-2, cell="gru")
+  sweep.base = base
+  sweep.sweep = {"window": [5, 2]}
+  sweep.seeds = [0]
+  sweep.trainer = "lm"
+  sweep.metrics = ("test_perplexity", "test_loss")
+  sweep.curve_metric = "validation_perplexity"
+  rows = ablate.run_sweep(sweep, str(tmp_path))
+  assert [r["setting"] for r in rows] == ["window=5", "window=2"]
+  for row in rows:
+    assert 1.0 < row["test_perplexity"] < 8.0  # Far below the 16-token uniform guess.
+  with open(os.path.join(str(tmp_path), "window=2", "seed_0", "summary.json")) as f:
+    assert json.load(f)["steps"] == (2400 // 8 - 1) // 2

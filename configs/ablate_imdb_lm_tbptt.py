@@ -1,0 +1,34 @@
+"""IMDB word-level language model, stateful truncated BPTT: window k in (5, 10, 35, 100),
+GRU 256 units, 1 seed (rnn_jax/lm.py).
+
+  python -m rnn_jax.ablate --config=configs/ablate_imdb_lm_tbptt.py --workdir=runs/ablate_lm
+
+Shows how much of a long carried state the model can learn to use when the gradient reaches
+back only k steps (k1 = k2 = k, one update per window; the carry always passes on): test
+perplexity on the 25,000 test reviews, read in 100-step windows whatever k, so the numbers
+are comparable. Smaller k also means k-fold more updates per epoch. The first run tokenises
+the 50,000 reviews once per run directory (cached in <run>/data/). Not run here (2 shared CPU
+cores; one epoch is ~6M tokens); `--config.base.max_steps=500` gives a quick look.
+"""
+
+from rnn_jax import ablate, lm
+
+
+def get_config():
+  config = ablate.defaults()
+  base = lm.defaults()
+  base.cell = "gru"
+  base.hidden_size = 256
+  base.embed_size = 128
+  base.batch_size = 32
+  base.learning_rate = 2e-3
+  base.num_epochs = 1
+  base.log_every_steps = 100
+  config.base = base
+  config.sweep = {"window": [5, 10, 35, 100]}
+  config.seeds = [0]
+  config.trainer = "lm"
+  config.vmap_seeds = False
+  config.metrics = ("test_perplexity", "test_loss")
+  config.curve_metric = "validation_perplexity"
+  return config
