@@ -2,8 +2,9 @@
 
     python -m benchmarks.input_pipeline [--data_dir DIR] [--num_batches 500]
 
-Prints a Markdown table. Uses the real data when the TFDS data dir ($TFDS_DATA_DIR, or
---data_dir) holds it, else tfds mock data (random examples, marked 'mock'), so the figures
+Prints a Markdown table. Uses the real data when the TFDS data dir (--data_dir, else
+$TFDS_DATA_DIR, else ../shared/tensorflow_datasets beside the repo, as tests/conftest.py
+does) holds it, else tfds mock data (random examples, marked 'mock'), so the figures
 are the pipeline's own cost: the time to build NumPy batches, with no training step.
 `measure_pipeline` is the reusable part (e.g. to put the train-step rate next to it).
 """
@@ -11,6 +12,7 @@ are the pipeline's own cost: the time to build NumPy batches, with no training s
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import ml_collections
@@ -25,6 +27,9 @@ CASES = (  # (label, config overrides)
     ('imdb max_len=80, buckets (20, 40)', dict(dataset='imdb_reviews', length_buckets=(20, 40))),
 )
 MOCK_EXAMPLES = 2000
+_SHARED_DATA_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    'shared', 'tensorflow_datasets')
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:
@@ -70,7 +75,9 @@ def _load(config) -> tuple[data.Task, str, float]:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--data_dir', default=None, help='TFDS data dir (default: $TFDS_DATA_DIR)')
+  default_dir = os.environ.get('TFDS_DATA_DIR') or (
+      _SHARED_DATA_DIR if os.path.isdir(_SHARED_DATA_DIR) else None)
+  parser.add_argument('--data_dir', default=default_dir, help='TFDS data dir')
   parser.add_argument('--num_batches', type=int, default=500)
   parser.add_argument('--batch_size', type=int, default=128)
   args = parser.parse_args()
