@@ -7,10 +7,13 @@ Shows which cells carry a value across T steps: the MSE baseline of predicting 1
 toward 1), one that does not stays at ~0.167. The gradient-norm-through-time plot shows how
 far back each cell's gradient reaches (memory_horizon column).
 
-Measured here (2 shared CPU cores): only the T=50 slice was run, with
-`--config.sweep.sequence_length="(50,)" --config.base.num_epochs=3 --config.base.num_train_examples=20000`
-(see the report for its table); the full sweep (T up to 500, 10 epochs of 50,000 examples) is
-meant for an accelerator.
+Measured here (2 CPU cores shared with other jobs): only the T=50 slice, with
+num_train_examples=20000 (400 steps of 50 per epoch): 3 epochs took 3 min 52 s for the 4 cells
+x 3 seeds, 8 epochs 14 min 39 s (under heavy load; 4 min 9 s of CPU). After 8 epochs, test MSE
+(mean ± std over 3 seeds): rnn 0.025 ± 0.008, irnn 0.0048 ± 0.003, lstm 0.0048 ± 0.004,
+gru 0.00055 ± 0.0004 (baseline 0.167). The slice: set `config.sweep = {"cell": [...],
+"sequence_length": [50]}` (dict sweeps are not overridable from the command line). The full
+sweep (T up to 500, 10 epochs of 50,000 examples) is meant for an accelerator.
 """
 
 from configs import base as base_lib
