@@ -60,7 +60,7 @@ def test_every_parameter_receives_a_gradient(cell, options):
   def loss(params):
     return jnp.sum(jax.nn.softplus(model.apply(params, ids, jnp.array([9, 5, 9, 2]))))
 
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     name = jax.tree_util.keystr(path)
     if name == "['embed']":  # Only rows of ids that occur get a gradient.

@@ -237,13 +237,13 @@ def test_probes_give_the_gradient_with_respect_to_each_carry():
     return jnp.sum(recurrent.scan(cell, params, xs, probes=probes)[1][:, -1] ** 2)
 
   got = jax.grad(loss)(probes)
-  # Reference: dL/dh_t by perturbing h_t in the Python loop.
+  # Reference: dL/dh_t by perturbing h_t in the Python loop (the loss reads the last output).
   def loop_loss(deltas):
     carry = cell.zero_carry(BATCH, HIDDEN)
     for t in range(TIME):
-      carry, y = cell.step(params, carry, xs[:, t])
-      carry = carry + deltas[t]
-    return jnp.sum(y ** 2)
+      carry, _ = cell.step(params, carry, xs[:, t])
+      carry = carry + deltas[t]  # h_t perturbed: seen by the next step and as the output.
+    return jnp.sum(carry ** 2)
   np.testing.assert_allclose(got, jax.grad(loop_loss)(probes), atol=1e-6)
 
 
