@@ -11,6 +11,8 @@ def get_config():
   config.dataset = "imdb_reviews"
   config.vocab_size = 10000
   config.max_len = 80
+  # Keep each review's last 80 tokens: the verdict is usually at the end (Keras's default).
+  config.truncating = "pre"
   config.embed_size = 100
   config.cell = "lstm"
   config.hidden_size = 64
