@@ -7,6 +7,9 @@ runs before anything is loaded or compiled, so a typo costs a second, not a comp
 from __future__ import annotations
 
 import difflib
+import math
+from collections.abc import Mapping
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -82,7 +85,7 @@ _POSITIVE = ("vocab_size", "max_len", "sequence_length", "num_train_examples", "
              "unroll", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
              "eval_every_epochs")
 _NON_NEGATIVE = ("validation_size", "warmup_steps", "grad_clip_norm", "weight_decay",
-                 "diagnostics_every_steps")
+                 "diagnostics_every_steps", "seed")
 _RATES = ("dropout_rate", "recurrent_dropout_rate")
 
 
@@ -128,6 +131,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
       errors.append(f"{name} must be in [0, 1), got {config[name]}.")
   if not config.learning_rate > 0:
     errors.append(f"learning_rate must be > 0, got {config.learning_rate}.")
+  for name, default in reference.items():
+    if (isinstance(default, float) and name in config
+        and not math.isfinite(config[name])):
+      errors.append(f"{name} must be a finite number, got {config[name]}.")
+  if config.get("data_dir") is not None and not isinstance(config.data_dir, str):
+    errors.append(f"data_dir must be a path (a string) or None, got {config.data_dir!r}.")
+  errors.extend(_length_bucket_errors(config))
+  if not isinstance(config.cell_options, (Mapping, ml_collections.ConfigDict)):
+    errors.append(f"cell_options must be a dict of cell options, got {config.cell_options!r}; "
+                  "e.g. --config.cell_options=\"{'forget_bias': 1.0}\".")
+    raise ValueError(_message(errors))
   if config.truncation is not None and (not isinstance(config.truncation, int)
                                         or config.truncation < 1):
     errors.append(f"truncation must be None or an integer >= 1, got {config.truncation!r}.")
@@ -137,8 +151,46 @@ def validate(config: ml_collections.ConfigDict) -> None:
     cells.get(config.cell, **dict(config.cell_options))
   except ValueError as e:
     errors.append(str(e))
+  else:
+    errors.extend(_cell_option_type_errors(config.cell, dict(config.cell_options), cells))
   if errors:
     raise ValueError(_message(errors))
+
+
+def _length_bucket_errors(config: ml_collections.ConfigDict) -> list[str]:
+  buckets = config.get("length_buckets", ())
+  if (isinstance(buckets, (tuple, list))
+      and all(isinstance(b, int) and not isinstance(b, bool) for b in buckets)
+      and all(1 <= b <= config.max_len for b in buckets)
+      and list(buckets) == sorted(set(buckets))):
+    return []
+  return [f"length_buckets must be () or strictly increasing integers in [1, max_len="
+          f"{config.max_len}], got {buckets!r}; e.g. --config.length_buckets="
+          f"\"({max(1, config.max_len // 4)}, {max(1, config.max_len // 2)})\"."]
+
+
+def _cell_option_type_errors(cell: str, options: dict, cells) -> list[str]:
+  """Each option must have the type of its default (a float option also takes an int)."""
+  errors = []
+  defaults = cells.options_of(cell)
+  for name, value in sorted(options.items()):
+    default = defaults.get(name)
+    if isinstance(default, bool):
+      ok, kind = isinstance(value, bool), "True or False"
+    elif isinstance(default, int):
+      ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+          value)
+      kind = "a finite number"
+    elif isinstance(default, str):
+      ok, kind = isinstance(value, str), "a string"
+    else:
+      continue  # No default to compare with: the cell checks it.
+    if not ok:
+      errors.append(f"cell_options.{name} of cell {cell!r} must be {kind} (default "
+                    f"{default!r}), got {value!r}.")
+  return errors
 
 
 def validate_devices(config: ml_collections.ConfigDict, num_devices: int,
@@ -153,7 +205,11 @@ def validate_devices(config: ml_collections.ConfigDict, num_devices: int,
     raise ValueError(_message([
         f"eval_batch_size={config.eval_batch_size} does not divide over {num_devices} devices; "
         f"use a multiple of {num_devices}."]))
-  del num_processes  # Devices are a multiple of processes.
+  for name in ("batch_size", "eval_batch_size"):
+    if config[name] % num_processes:
+      raise ValueError(_message([
+          f"{name}={config[name]} does not divide over {num_processes} processes (each reads "
+          f"{name} / {num_processes} examples); use a multiple of {num_processes}."]))
 
 
 def _message(errors: list[str]) -> str:

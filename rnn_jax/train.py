@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -229,7 +230,9 @@ class Runner:
   def put_state(self, state: TrainState) -> TrainState:
     """Places a host state on the devices as this mode wants it."""
     if self.mode == "sharded":
-      return jax.device_put(state, self._replicated)
+      # From a host copy: with several processes, a committed single-device array (e.g. one
+      # restored by Orbax) would ask for a cross-host transfer, which CPU and GPU lack.
+      return jax.device_put(jax.device_get(state), self._replicated)
     if self.mode == "pmap":  # One copy per local device along a new leading axis.
       devices = jax.local_devices()
       stacked = jax.tree.map(lambda x: np.broadcast_to(x, (len(devices),) + np.shape(x)),
@@ -304,16 +307,27 @@ class NonFiniteLossError(FloatingPointError):
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """`jax.distributed.initialize()` when the config or the environment asks for it.
 
-  The environment variables are JAX's own (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-  JAX_PROCESS_ID); on Cloud TPU and SLURM JAX finds everything itself.
+  On Cloud TPU, SLURM and Open MPI JAX finds everything itself. Elsewhere (e.g. several
+  processes on one machine) set JAX_COORDINATOR_ADDRESS (host:port of process 0), which JAX
+  reads, and JAX_NUM_PROCESSES and JAX_PROCESS_ID, which JAX does not read and are passed here.
   """
   if not (config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return
   if jax.distributed.is_initialized():
     return
-  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize()
+  # Cross-process collectives on CPU. Set before initialize(), and without asking for the
+  # backend (jax.default_backend() would start it, and initialize() must come first).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  counts = {}
+  for key, name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+    if os.environ.get(name):
+      try:
+        counts[key] = int(os.environ[name])
+      except ValueError:
+        raise ValueError(f"{name}={os.environ[name]!r} is not an integer. Fix: set it to "
+                         "the number of processes / this process's index (0 for the "
+                         "coordinator).") from None
+  jax.distributed.initialize(**counts)
 
 
 def _check_resume_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -334,6 +348,36 @@ def _check_resume_compatible(workdir: str, config: ml_collections.ConfigDict) ->
     raise ValueError(
         f"The workdir {workdir} holds a run with a different config ({'; '.join(changed)}). "
         "Resuming would mix two experiments. Use a new --workdir, or restore the old values.")
+
+
+def _check_workdir_writable(workdir: str) -> None:
+  """Fails before any compute when `workdir` cannot be created or written to."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check_"):
+      pass
+  except OSError as e:
+    raise ValueError(
+        f"The workdir {workdir} is not writable ({type(e).__name__}: {e.strerror or e}). "
+        "Nothing was run. Fix: choose a --workdir on a writable filesystem with free space, "
+        "or fix its permissions.") from e
+
+
+def _check_batch_shapes(task: data.Task, batch: Batch) -> None:
+  """A batch whose shape is not the one the task declares would train a wrong model quietly."""
+  inputs, per_process = np.shape(batch["inputs"]), task.batch_size // task.process_count
+  if task.input_kind == "tokens":
+    ok = len(inputs) == 2 and inputs[0] == per_process and inputs[1] <= task.seq_len
+    expected = f"[{per_process}, <= {task.seq_len}]"
+  else:
+    ok = inputs == (per_process, task.seq_len, task.input_size)
+    expected = f"[{per_process}, {task.seq_len}, {task.input_size}]"
+  if not ok or np.shape(batch["labels"]) != (per_process,):
+    raise ValueError(
+        f"Dataset {task.name!r} gives train batches with inputs of shape {list(inputs)} and "
+        f"labels of shape {list(np.shape(batch['labels']))}; expected inputs {expected} "
+        f"and labels [{per_process}]. Fix the dataset's loader (its make_batch) or its "
+        "declared seq_len / input_size.")
 
 
 def _save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -375,12 +419,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_lib.validate_devices(config, jax.device_count(), jax.process_count())
   primary = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  _check_workdir_writable(workdir)
   _check_resume_compatible(workdir, config)
-  if primary:
-    _save_config(workdir, config)
 
   task = data.load(config, workdir)
+  if primary:  # Only after the data accepted the config: a rejected value must not stick.
+    _save_config(workdir, config)
   model = build_model(config, task)
   total_steps = task.steps_per_epoch * config.num_epochs
   tx, schedule = build_optimizer(config, total_steps)
@@ -400,6 +444,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = runner.put_state(state)
 
   first_batch = next(task.train_batches(0))
+  _check_batch_shapes(task, first_batch)
   compile_time = runner.compile(state, first_batch)
   logging.info("Train step compiled in %.2f s (%s, %d device(s)).", compile_time, runner.mode,
                jax.device_count())
@@ -436,8 +481,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if diagnose is not None and step % config.diagnostics_every_steps == 0:
           writer.write(step, diagnose(runner.get_state(state).params), kind="diagnostics")
         if step % config.checkpoint_every_steps == 0:
+          _check_finite(state, config, ckpt)  # Never save past a NaN: resuming would re-stop.
           ckpt.save(step, runner.get_state(state))
         if sigterm["set"]:
+          _check_finite(state, config, ckpt)
           ckpt.save(step, runner.get_state(state), force=True)
           ckpt.wait()
           bar.close()
@@ -458,6 +505,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         val = evaluate(runner, state.params, task.eval_batches("validation"))
         if val:
           epoch_metrics.update(validation_accuracy=val["accuracy"], validation_loss=val["loss"])
+      _check_finite(state, config, ckpt)
       host_state = runner.get_state(state)
       ckpt.save(step, host_state, force=True)
       if "validation_accuracy" in epoch_metrics:
@@ -512,8 +560,8 @@ def _check_finite(state: TrainState, config: ml_collections.ConfigDict,
                   ckpt: checkpoints.Checkpoints) -> None:
   """With nonfinite='stop', raises at the first check after a NaN/Inf step.
 
-  The bad update itself was never applied (see `train_step`) and nothing is saved here, so the
-  last checkpoint on disk is the last good one.
+  The bad update itself was never applied (see `train_step`), and the loop calls this before
+  every save, so the last checkpoint on disk is the last one before the bad step.
   """
   if config.nonfinite != "stop":
     return

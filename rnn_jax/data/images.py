@@ -37,6 +37,8 @@ def load(config: Mapping[str, Any], workdir=None, *, process_index: int,
 
   raw, info = common.read_splits(name, ('train', 'test'), data_dir=common.resolve_data_dir(config),
                                  download=bool(common.field(config, 'download')))
+  for split, arrays in raw.items():
+    check_images(name, split, arrays)
   flat = {split: {'image': arrays['image'].reshape(-1, NUM_PIXELS),
                   'label': arrays['label'].astype(np.int32)} for split, arrays in raw.items()}
   train, validation = common.carve_validation(flat['train'], validation_size, name)
@@ -76,6 +78,26 @@ def load(config: Mapping[str, Any], workdir=None, *, process_index: int,
       splits=splits, make_batch=make_batch, batch_size=batch_size,
       eval_batch_size=eval_batch_size, seed=seed, metadata=metadata,
       process_index=process_index, process_count=process_count)
+
+
+def check_images(name: str, split: str, arrays: Mapping[str, np.ndarray]) -> None:
+  """Images must be uint8 [N, 28, 28(, 1)] with labels [N]: a reshape alone would turn, say,
+  32x32 images into a different number of wrong 784-pixel rows without a word."""
+  image, label = np.asarray(arrays['image']), np.asarray(arrays['label'])
+  if image.ndim not in (3, 4) or image.shape[1:3] != (SIDE, SIDE) or image.shape[3:] not in (
+      (), (1,)):
+    raise ValueError(
+        f'Dataset {name!r} ({split} split) has images of shape {list(image.shape[1:])}; '
+        f'expected [{SIDE}, {SIDE}, 1] (or [{SIDE}, {SIDE}]) grey-scale images. Fix: point '
+        '--config.data_dir at the real tfds dataset, or resize the images to 28x28.')
+  if image.dtype != np.uint8:
+    raise ValueError(
+        f'Dataset {name!r} ({split} split) has images of dtype {image.dtype}; expected uint8 '
+        'pixels in [0, 255]. Fix: store the images as uint8.')
+  if label.shape != image.shape[:1]:
+    raise ValueError(
+        f'Dataset {name!r} ({split} split) has {image.shape[0]} images but labels of shape '
+        f'{list(label.shape)}; expected [{image.shape[0]}]. Fix the dataset.')
 
 
 def pixel_stats(images: np.ndarray) -> tuple[float, float]:
