@@ -14,6 +14,7 @@ def get_config():
   config = base.get_config()
   config.dataset = "mnist"
   config.cell = "rnn"
+  config.cell_options = {"recurrent_init": "joint_glorot"}  # TF1 BasicRNNCell's initialiser.
   config.hidden_size = 128
   config.batch_size = 128
   config.learning_rate = 1e-3

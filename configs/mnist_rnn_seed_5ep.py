@@ -15,6 +15,7 @@ def get_config():
   config = base.get_config()
   config.dataset = "mnist"
   config.cell = "rnn"
+  config.cell_options = {"recurrent_init": "joint_glorot"}  # TF1 BasicRNNCell's initialiser.
   config.hidden_size = 150
   config.batch_size = 150
   config.learning_rate = 1e-3

@@ -125,8 +125,8 @@ def _recurrent_weights(key, hidden: int, num_gates: int, kind: str, scale: float
     bound = scale / hidden ** 0.5
     blocks = [jax.random.uniform(k, (hidden, hidden), minval=-bound, maxval=bound) for k in keys]
   else:
-    raise ValueError(f"Unknown recurrent_init {kind!r}; use 'orthogonal', 'identity' or "
-                     "'uniform'.")
+    raise ValueError(f"Unknown recurrent_init {kind!r}; use 'orthogonal', 'identity', "
+                     "'uniform' or 'joint_glorot'.")
   return jnp.concatenate(blocks, axis=1)
 
 
@@ -142,6 +142,12 @@ def _input_weights(key, input_size: int, width: int, kind: str = "glorot") -> ja
 def _dense_params(key, input_size, hidden, num_gates, recurrent_init="orthogonal",
                   recurrent_scale=1.0, input_init="glorot") -> Params:
   kx, kh = jax.random.split(key)
+  if recurrent_init == "joint_glorot":
+    # TF1's BasicRNNCell / LSTMCell default: one Glorot-uniform kernel over the concatenated
+    # [x, h], of which w_x and w_h are the row blocks. For reproducing TF1 notebooks.
+    kernel = jax.nn.initializers.glorot_uniform()(kh, (input_size + hidden, num_gates * hidden))
+    return {"w_x": kernel[:input_size], "w_h": recurrent_scale * kernel[input_size:],
+            "b": jnp.zeros((num_gates * hidden,))}
   return {
       "w_x": _input_weights(kx, input_size, num_gates * hidden, input_init),
       "w_h": _recurrent_weights(kh, hidden, num_gates, recurrent_init, recurrent_scale),
@@ -161,8 +167,9 @@ def rnn(activation: str = "tanh", recurrent_init: str = "orthogonal",
 
       h' = act(x W_x + h W_h + b)         act = tanh (default) or relu
 
-  Options: `activation`; `recurrent_init` "orthogonal" (default), "identity" (IRNN) or
-  "uniform" (PyTorch's default); `recurrent_scale` multiplies it; `input_init`.
+  Options: `activation`; `recurrent_init` "orthogonal" (default), "identity" (IRNN),
+  "uniform" (PyTorch's default) or "joint_glorot" (TF1's default: one Glorot-uniform kernel
+  over [x, h]); `recurrent_scale` multiplies it; `input_init`.
   """
   if activation not in _ACTIVATIONS:
     raise ValueError(f"Unknown activation {activation!r}; use one of {sorted(_ACTIVATIONS)}.")

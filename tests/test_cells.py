@@ -389,6 +389,18 @@ def test_uniform_recurrent_init_matches_pytorch_bound():
   assert abs(np.mean(w_h)) < 0.1 * bound
 
 
+@pytest.mark.parametrize("name,gates", [("rnn", 1), ("lstm", 4), ("gru", 3)])
+def test_joint_glorot_is_one_tf1_kernel_over_x_and_h(name, gates):
+  hidden = 32
+  params = init(cells.get(name, recurrent_init="joint_glorot"), 0, INPUT, hidden)
+  kernel = np.concatenate([params["w_x"], params["w_h"]], axis=0)
+  bound = np.sqrt(6.0 / (INPUT + hidden + gates * hidden))  # fan_in + fan_out of [x, h] -> gates
+  assert np.max(np.abs(kernel)) <= bound
+  assert np.max(np.abs(kernel)) > 0.9 * bound
+  assert np.max(np.abs(params["w_x"])) > 0.5 * bound  # w_x has the same scale as w_h.
+  assert abs(np.mean(kernel)) < 0.05 * bound
+
+
 @pytest.mark.parametrize("name,options", [  # identity: quicker, and w_x does not depend on it.
     ("rnn", {"recurrent_init": "identity"}), ("lstm", {"recurrent_init": "identity"}),
     ("gru", {"recurrent_init": "identity"})])
