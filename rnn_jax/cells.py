@@ -157,6 +157,20 @@ def _dense_params(key, input_size, hidden, num_gates, recurrent_init="orthogonal
 
 # ----------------------------------------------------------------------------- cells
 
+def joint_projection(x: jax.Array, h: jax.Array, params: Params) -> jax.Array:
+  """x @ w_x + h @ w_h, computed as the single matmul [x, h] @ [w_x; w_h].
+
+  The same function (up to float rounding), but one matmul per step instead of two: on CPU
+  the small input matmul (e.g. 28 inputs) costs far more than its FLOPs, and the backward pass
+  gets one input-gradient and one weight-gradient matmul instead of two of each. This made
+  the row-MNIST LSTM training step 5-10% faster. The weight concatenation does not depend on
+  the step: XLA hoists it out of the scan's loop. (Not used by the GRU, whose reset gate
+  needs h @ W_hn apart from x @ W_xn: the joint matrix would need a zero block and was slower.)
+  """
+  w = jnp.concatenate([params["w_x"], params["w_h"]], axis=0)
+  return jnp.concatenate([x, h], axis=-1) @ w
+
+
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
@@ -234,7 +248,7 @@ def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
 
   def step(params, carry, x):
     h, c = carry
-    z = dict(zip(gates, jnp.split(x @ params["w_x"] + h @ params["w_h"] + params["b"],
+    z = dict(zip(gates, jnp.split(joint_projection(x, h, params) + params["b"],
                                   num_gates, axis=-1)))
     f_pre = z["f"] + params["w_cf"] * c if peephole else z["f"]
     f = jax.nn.sigmoid(f_pre)
