@@ -2,7 +2,7 @@
 
     python scripts/fault_injection.py [--kills 10] [--seed 0] [--workdir DIR] [--keep]
 
-1. Kills. `launch.py` trains a tiny config (the adding problem, T=8, 120 steps, a checkpoint
+1. Kills. `launch.py` trains a tiny config (the adding problem, T=8, 160 steps, a checkpoint
    every 5 steps) as a subprocess. It is SIGKILLed `--kills` times at random moments drawn
    from `--seed` (during start-up, during training, or while a checkpoint is being written),
    then stopped once with SIGTERM, and each time the same command is run again. The final
@@ -65,14 +65,14 @@ from configs import base  # noqa: E402
 from rnn_jax import checkpoints, data, train  # noqa: E402
 from rnn_jax.data import common  # noqa: E402
 
-# The tiny run: 40 steps per epoch, 3 epochs, a checkpoint every 5 steps. Dropout and a cosine
+# The tiny run: 40 steps per epoch, 4 epochs, a checkpoint every 5 steps. Dropout and a cosine
 # schedule make the result depend on the step count and the RNG, so a wrong resume shows.
 TINY = dict(dataset="adding", sequence_length=8, num_train_examples=320, validation_size=32,
             batch_size=8, eval_batch_size=2000, cell="gru", hidden_size=8, dropout_rate=0.1,
-            lr_schedule="cosine", learning_rate=0.01, num_epochs=3, checkpoint_every_steps=5,
+            lr_schedule="cosine", learning_rate=0.01, num_epochs=4, checkpoint_every_steps=5,
             keep_checkpoints=2, log_every_steps=10, progress_bar=False, plots=False,
             parallel="jit", seed=0)
-TOTAL_STEPS = 120
+TOTAL_STEPS = 160
 MARKER = "Train step compiled"
 
 
@@ -585,8 +585,8 @@ def kill_at(proc: Proc, workdir: Path, mode: str, target_step: int, delay: float
     return True
 
   started = lambda: MARKER in proc.output()
-  if mode == "startup":  # Any moment from launch: imports, restore, data, compile, steps.
-    while alive() and time.monotonic() - proc.started < delay:
+  if mode == "startup":  # Any moment from launch to compiled: imports, restore, data, compile.
+    while alive() and time.monotonic() - proc.started < delay and not started():
       time.sleep(0.005)
   elif mode == "saving":  # The moment a checkpoint write is seen in progress.
     while alive() and not started():
@@ -604,7 +604,8 @@ def kill_at(proc: Proc, workdir: Path, mode: str, target_step: int, delay: float
     return "finished before the signal"
   if started():
     STARTUP_SECONDS.append(time.monotonic() - proc.started)
-  mid_save = any("tmp" in n for n in checkpoint_names(workdir))
+  # Before compiling, a temporary folder can only be a leftover of the previous kill.
+  mid_save = started() and any("tmp" in n for n in checkpoint_names(workdir))
   os.killpg(proc.popen.pid, sig)  # Its whole session: nothing of it outlives the kill.
   proc.wait()
   return f"{'startup' if MARKER not in proc.output() else 'training'}" + (
@@ -619,7 +620,7 @@ def kill_schedule(kills: int, seed: int) -> list[tuple[str, int, float]]:
   fraction of the start-up time seen so far), two while a checkpoint is being written, the
   rest at random moments of training, at target steps spread over the run."""
   rng = random.Random(seed)
-  targets = sorted(rng.sample(range(1, TOTAL_STEPS - 10), kills))
+  targets = sorted(rng.sample(range(1, TOTAL_STEPS - 40), kills))
   schedule = []
   for i, target in enumerate(targets):
     if i % 3 == 0:
@@ -627,7 +628,7 @@ def kill_schedule(kills: int, seed: int) -> list[tuple[str, int, float]]:
     elif i in (1, 4):
       schedule.append(("saving", target, 0.0))
     else:
-      schedule.append(("training", target, rng.uniform(0.0, 0.6)))
+      schedule.append(("training", target, rng.uniform(0.0, 0.25)))
   return schedule
 
 
@@ -636,13 +637,16 @@ def run_kills(root: Path, kills: int, seed: int) -> tuple[bool, list[str], Path]
   reference, resumed = root / "uninterrupted", root / "killed"
   # First and alone, so that it fills the compilation cache the killed runs read from.
   ref_proc = Proc.start(command(reference), root / "uninterrupted.log")
+  while ref_proc.popen.poll() is None and MARKER not in ref_proc.output():
+    time.sleep(0.01)
+  STARTUP_SECONDS.append(time.monotonic() - ref_proc.started)
   ref_rc = ref_proc.wait()
   lines = [f"uninterrupted run: exit code {ref_rc}, "
            f"{time.monotonic() - ref_proc.started:.0f} s"]
   survived = 0
   for i, (mode, target, delay) in enumerate(kill_schedule(kills, seed)):
-    if mode == "startup":  # A fraction of launch-to-compiled (12 s until one is seen).
-      delay *= min(STARTUP_SECONDS, default=12.0)
+    if mode == "startup":  # A fraction of launch-to-compiled as seen so far.
+      delay *= min(STARTUP_SECONDS)
     done = sorted(int(n) for n in checkpoint_names(resumed) if n.isdigit())
     before = done[-1] if done else 0
     proc = Proc.start(command(resumed), root / f"killed_{i}.log")
