@@ -57,5 +57,8 @@ def _reexec_with_malloc_tunables() -> None:
 
 
 def run() -> None:
+  # absl's --help lists the main script's flags; ours are defined here, so adopt them there.
+  for name in ("config", "workdir"):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   _reexec_with_malloc_tunables()
   app.run(main)
