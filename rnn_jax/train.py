@@ -413,6 +413,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns the summary also written to `workdir/summary.json`.
   """
+  # Whatever stops the run (NaN, SIGTERM, a write error), close the Orbax managers and the
+  # metric files, so the real error is the last thing printed.
+  with contextlib.ExitStack() as cleanup:
+    return _train_and_evaluate(config, workdir, cleanup)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        cleanup: contextlib.ExitStack) -> dict[str, Any]:
   start_time = time.perf_counter()
   config_lib.validate(config)
   maybe_initialize_distributed(config)
@@ -439,7 +447,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if restored is not None:
     state, _ = restored
     logging.info("Resumed from step %d in %s.", int(state.step), workdir)
+  cleanup.callback(ckpt.close)
   writer = reporting.MetricWriter(workdir, enabled=primary)
+  cleanup.callback(writer.close)
   first_step = int(state.step)
   state = runner.put_state(state)
 
@@ -518,9 +528,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   test = evaluate(runner, state.params, task.eval_batches("test"))
   writer.write(step, {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}, kind="eval")
-  writer.close()
   ckpt.wait()
-  ckpt.close()
   summary = {
       "config": json.loads(config.to_json_best_effort()),
       "test_accuracy": test["accuracy"], "test_loss": test["loss"],
