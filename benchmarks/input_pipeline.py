@@ -1,12 +1,14 @@
-"""Input pipeline speed: train examples per second that `Task.train_batches` delivers, per task.
+"""Input pipeline speed next to the train step's, per task: the pipeline must never be the
+bottleneck (target: pipeline >= 5x the train step's examples/s).
 
-    python -m benchmarks.input_pipeline [--data_dir DIR] [--num_batches 500]
+    python -m benchmarks.input_pipeline [--data_dir DIR] [--num_batches 500] [--train_steps 50]
 
 Prints a Markdown table. Uses the real data when the TFDS data dir (--data_dir, else
 $TFDS_DATA_DIR, else ../shared/tensorflow_datasets beside the repo, as tests/conftest.py
-does) holds it, else tfds mock data (random examples, marked 'mock'), so the figures
-are the pipeline's own cost: the time to build NumPy batches, with no training step.
-`measure_pipeline` is the reusable part (e.g. to put the train-step rate next to it).
+does) holds it, else tfds mock data (random examples, marked 'mock'). The pipeline figure is
+its own cost (building NumPy batches, no training step); the train-step figure runs the
+shipped config's model (configs/mnist_lstm.py, configs/imdb_lstm.py) on those batches with
+`train.Runner`, compile excluded.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import argparse
 import os
 import time
 
+import jax
 import ml_collections
 
-from rnn_jax import data
+from configs import imdb_lstm, mnist_lstm
+from rnn_jax import data, train
 
-CASES = (  # (label, config overrides)
-    ('mnist rows', dict(dataset='mnist', sequence='rows')),
-    ('mnist pixels', dict(dataset='mnist', sequence='pixels')),
-    ('mnist permuted_pixels', dict(dataset='mnist', sequence='permuted_pixels')),
-    ('imdb max_len=80', dict(dataset='imdb_reviews')),
-    ('imdb max_len=80, buckets (20, 40)', dict(dataset='imdb_reviews', length_buckets=(20, 40))),
+CASES = (  # (label, task config, config overrides)
+    ('mnist rows', mnist_lstm, dict(sequence='rows')),
+    ('mnist pixels', mnist_lstm, dict(sequence='pixels')),
+    ('mnist permuted_pixels', mnist_lstm, dict(sequence='permuted_pixels')),
+    ('imdb max_len=80', imdb_lstm, dict()),
+    ('imdb max_len=80, buckets (20, 40)', imdb_lstm, dict(length_buckets=(20, 40))),
 )
 MOCK_EXAMPLES = 2000
 _SHARED_DATA_DIR = os.path.join(
@@ -32,9 +36,8 @@ _SHARED_DATA_DIR = os.path.join(
     'shared', 'tensorflow_datasets')
 
 
-def make_config(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(
-      {**data.DEFAULTS, 'batch_size': 128, 'eval_batch_size': 1000, 'seed': 0})
+def make_config(task_config, **overrides) -> ml_collections.ConfigDict:
+  config = task_config.get_config()
   config.update(overrides)
   return config
 
@@ -59,6 +62,24 @@ def measure_pipeline(config, num_batches: int, *, task: data.Task | None = None)
   return examples / (time.perf_counter() - start)
 
 
+def measure_train_step(config, task: data.Task, num_steps: int) -> float:
+  """Examples per second of the config's train step on the task's batches (compile excluded)."""
+  model = train.build_model(config, task)
+  tx, schedule = train.build_optimizer(config, num_steps)
+  runner = train.Runner('jit', model, tx, schedule)
+  state = runner.put_state(train.create_train_state(model, tx, config.seed))
+  batches = [b for _, b in zip(range(num_steps), task.train_batches(0))]
+  for shapes in {train._shapes(b): b for b in batches}.values():  # Compile every width.
+    runner.compile(state, shapes)
+  state, _ = runner.train(state, batches[0])
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for batch in batches:
+    state, _ = runner.train(state, batch)
+  jax.block_until_ready(state)
+  return sum(len(b['labels']) for b in batches) / (time.perf_counter() - start)
+
+
 def _load(config) -> tuple[data.Task, str, float]:
   """(task, 'real' or 'mock', load seconds)."""
   start = time.perf_counter()
@@ -79,15 +100,17 @@ def main():
       _SHARED_DATA_DIR if os.path.isdir(_SHARED_DATA_DIR) else None)
   parser.add_argument('--data_dir', default=default_dir, help='TFDS data dir')
   parser.add_argument('--num_batches', type=int, default=500)
-  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--train_steps', type=int, default=50)
   args = parser.parse_args()
-  print('| task | data | batch | load s | examples/s |')
-  print('|---|---|---:|---:|---:|')
-  for label, overrides in CASES:
-    config = make_config(data_dir=args.data_dir, batch_size=args.batch_size, **overrides)
+  print('| task | data | batch | load s | pipeline examples/s | train step examples/s | ratio |')
+  print('|---|---|---:|---:|---:|---:|---:|')
+  for label, task_config, overrides in CASES:
+    config = make_config(task_config, data_dir=args.data_dir, **overrides)
     task, source, load_s = _load(config)
     rate = measure_pipeline(config, args.num_batches, task=task)
-    print(f'| {label} | {source} | {config.batch_size} | {load_s:.1f} | {rate:,.0f} |', flush=True)
+    step_rate = measure_train_step(config, task, args.train_steps)
+    print(f'| {label} | {source} | {config.batch_size} | {load_s:.1f} | {rate:,.0f} | '
+          f'{step_rate:,.0f} | {rate / step_rate:,.0f}x |', flush=True)
 
 
 if __name__ == '__main__':
