@@ -560,10 +560,13 @@ def write_plots(sweep: ml_collections.ConfigDict, workdir: str,
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    # Log scale: exact zeros (paths cut by truncation) are drawn at a floor a decade below the
+    # smallest non-zero norm, so the curves keep a readable range.
+    positive = [v for runs in grads.values() for v in np.ravel(runs) if v > 0]
+    floor = min(positive) / 10 if positive else np.finfo(np.float64).tiny
     for name, runs in grads.items():
       values = np.array(runs, np.float64)
       steps_back = np.arange(values.shape[1])[::-1]  # 0 = the last step
-      floor = np.finfo(np.float64).tiny  # log scale: exact zeros (truncated paths) at the floor
       mean = np.maximum(values.mean(0), floor)
       line, = ax.plot(steps_back, mean, label=name)
       ax.fill_between(steps_back, np.maximum(values.min(0), floor), np.maximum(values.max(0), floor),
