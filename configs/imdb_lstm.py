@@ -1,6 +1,9 @@
 """IMDB reviews, LSTM: vocabulary 10,000, reviews cut to 80 tokens, embedding 100, 64 units.
 
   python launch.py --config=configs/imdb_lstm.py --workdir=runs/imdb_lstm
+
+Measured on the 2-core CPU shared with other jobs (seed 0): test accuracy 81.55% (best
+validation 83.08%, epoch 2: it overfits after), 118 s wall time.
 """
 
 from configs import base

@@ -6,6 +6,9 @@ on the last state, binary cross-entropy, Adam 1e-3, batch 128, 4 epochs. Origina
 test accuracy.
 
   python launch.py --config=configs/imdb_stacked_rnn_seed.py --workdir=runs/imdb_stacked_rnn_seed
+
+Measured here (seed 0, 121 s on the shared 2-core CPU): 79.54% test accuracy (best validation
+81.62%, epoch 2).
 """
 
 from configs import base

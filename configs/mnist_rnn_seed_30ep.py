@@ -5,6 +5,8 @@ the last output, Adam 1e-3, batch 128, 30 epochs, trained on all 60,000 training
 55k/5k split), evaluated on the 10,000 test images. Original result: 97.66% test accuracy.
 
   python launch.py --config=configs/mnist_rnn_seed_30ep.py --workdir=runs/mnist_rnn_seed_30ep
+
+Measured here (seed 0, 2-core CPU shared with other jobs): 97.57% test accuracy, 334 s.
 """
 
 from configs import base

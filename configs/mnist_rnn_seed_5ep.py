@@ -6,6 +6,11 @@ It printed per epoch the last batch's accuracy, the validation accuracy and the 
 loss. Original result: 97.30% validation accuracy after 5 epochs.
 
   python launch.py --config=configs/mnist_rnn_seed_5ep.py --workdir=runs/mnist_rnn_seed_5ep
+
+Measured here (seed 0, 84 s on the shared 2-core CPU): validation accuracy per epoch 92.30,
+94.24, 95.12, 94.08, 93.78% (test 94.25%), short of the original's 97.30%: this unclipped
+vanilla RNN swings by points from epoch to epoch. With the default orthogonal recurrent init
+instead of TF1's it ended at 96.24%.
 """
 
 from configs import base
