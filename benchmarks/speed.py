@@ -120,7 +120,6 @@ def _flax_worker(shape: str, options: dict):
   import functools
   import flax.linen as nn
   import jax
-  import jax.numpy as jnp
   import optax
   cell, kind, steps, size, embed, hidden, outputs, batch_size = SHAPES[shape]
   cell_cls = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.SimpleCell}[cell]

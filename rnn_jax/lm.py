@@ -28,12 +28,11 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from rnn_jax import cells, checkpoints, config as config_lib, models, reporting, train
+from rnn_jax import checkpoints, config as config_lib, models, reporting, train
 from rnn_jax.data import common, imdb
 
 LM_FIELDS = ("window", "eval_window", "max_steps", "eval_tokens")

@@ -718,7 +718,7 @@ def main() -> int:
     print("\n".join(lines), flush=True)
     kill_seconds = time.perf_counter() - start
     rows, cases_ok = run_cases(Context(scratch=root / "cases", reference=reference))
-    print(f"\n| bad input | handled | what it produced |\n|---|---|---|")
+    print("\n| bad input | handled | what it produced |\n|---|---|---|")
     for name, passed, outcome in rows:
       print(f"| {name} | {'yes' if passed else 'NO'} | {outcome} |")
     print(f"\nkills: {kill_seconds:.0f} s; bad inputs: {time.perf_counter() - start - kill_seconds:.0f} s;"

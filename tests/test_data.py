@@ -15,7 +15,6 @@ import pytest
 
 from rnn_jax import data
 from rnn_jax.data import common
-from rnn_jax.data import images
 from rnn_jax.data import imdb
 
 tfds = common._tfds()  # pylint: disable=protected-access  # imports tfds with TF's GPUs hidden
