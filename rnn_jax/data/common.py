@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator, Mapping
 from etils import epath
 import numpy as np
 
+from rnn_jax import config as config_lib
+
 Arrays = dict[str, np.ndarray]
 # make_batch(split_arrays, indices [b], global_indices [B]) -> batch dict, leading dim b.
 # `global_indices` is the whole global batch that `indices` is this process's block of.
@@ -34,21 +36,11 @@ BatchFn = Callable[[Arrays, np.ndarray, np.ndarray], Arrays]
 
 EVAL_SPLITS = ('validation', 'test')
 
-# Defaults for the data fields that configs may leave out. configs/base.py should set the
-# same values; they are repeated here so a hand-made ConfigDict in a test or notebook works.
-DEFAULTS: dict[str, Any] = {
-    'sequence': 'rows',
-    'normalize': 'unit',
-    'validation_size': 5000,
-    'vocab_size': 10000,
-    'max_len': 80,
-    'padding': 'post',
-    'truncating': 'post',
-    'length_buckets': (),
-    'data_dir': None,
-    'download': False,
-    'seed': 0,
-}
+# Defaults for the data fields a hand-made ConfigDict (a test, a notebook) may leave out, taken
+# from the one config schema so the two cannot drift apart.
+_DEFAULTED_FIELDS = ('sequence', 'normalize', 'validation_size', 'vocab_size', 'max_len',
+                     'padding', 'truncating', 'length_buckets', 'data_dir', 'download', 'seed')
+DEFAULTS: dict[str, Any] = {name: config_lib.defaults()[name] for name in _DEFAULTED_FIELDS}
 
 
 class DatasetNotPreparedError(FileNotFoundError):
