@@ -7,13 +7,18 @@ Shows which cells carry a value across T steps: the MSE baseline of predicting 1
 toward 1), one that does not stays at ~0.167. The gradient-norm-through-time plot shows how
 far back each cell's gradient reaches (memory_horizon column).
 
-Measured here (2 CPU cores shared with other jobs): only the T=50 slice, with
-num_train_examples=20000 (400 steps of 50 per epoch): 3 epochs took 3 min 52 s for the 4 cells
-x 3 seeds, 8 epochs 14 min 39 s (under heavy load; 4 min 9 s of CPU). After 8 epochs, test MSE
-(mean ± std over 3 seeds): rnn 0.025 ± 0.008, irnn 0.0048 ± 0.003, lstm 0.0048 ± 0.004,
-gru 0.00055 ± 0.0004 (baseline 0.167). The slice: set `config.sweep = {"cell": [...],
-"sequence_length": [50]}` (dict sweeps are not overridable from the command line). The full
-sweep (T up to 500, 10 epochs of 50,000 examples) is meant for an accelerator.
+Measured here (2 CPU cores shared with other jobs), two budgets:
+- T = 50 only, num_train_examples=20000, 8 epochs (3,200 updates): test MSE (mean ± std over
+  3 seeds) rnn 0.025 ± 0.008, irnn 0.0048 ± 0.003, lstm 0.0048 ± 0.004, gru 0.00055 ± 0.0004
+  (baseline 0.167); 14 min 39 s.
+- The full sweep with `--config.base.num_train_examples=10000 --config.base.num_epochs=5`
+  (1,000 updates; about 65 min): only the GRU solves T = 50 (MSE 0.0058 ± 0.0014; irnn
+  0.117 ± 0.05, lstm 0.152, rnn 0.144); at T = 200 and 500 every cell is still at the baseline
+  (0.165-0.170). The gradient norm through time already shows why: the tanh RNN's, LSTM's and
+  GRU's gradients decay exponentially with distance (to ~1e-14 at 200 steps back and to exact
+  zero in float32 beyond ~300 at T = 500), while the IRNN's identity start keeps it within
+  ~1e-5 of its last value over all 500 steps (memory horizon 199 at T = 200 vs 17-56 for the
+  others). The full sweep (10 epochs of 50,000 examples) is meant for an accelerator.
 """
 
 from configs import base as base_lib

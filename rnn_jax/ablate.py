@@ -564,11 +564,13 @@ def write_plots(sweep: ml_collections.ConfigDict, workdir: str,
     # smallest non-zero norm, so the curves keep a readable range.
     positive = [v for runs in grads.values() for v in np.ravel(runs) if v > 0]
     floor = min(positive) / 10 if positive else np.finfo(np.float64).tiny
-    for name, runs in grads.items():
+    from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+    palette = colormaps["tab10" if len(grads) <= 10 else "tab20"].colors  # No repeated colour.
+    for index, (name, runs) in enumerate(grads.items()):
       values = np.array(runs, np.float64)
       steps_back = np.arange(values.shape[1])[::-1]  # 0 = the last step
       mean = np.maximum(values.mean(0), floor)
-      line, = ax.plot(steps_back, mean, label=name)
+      line, = ax.plot(steps_back, mean, label=name, color=palette[index % len(palette)])
       ax.fill_between(steps_back, np.maximum(values.min(0), floor), np.maximum(values.max(0), floor),
                       alpha=0.15, color=line.get_color())
     ax.set_yscale("log")
