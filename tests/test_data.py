@@ -3,7 +3,7 @@
 Unit tests run on tfds.testing.mock_data (random examples; download_and_prepare is a no-op
 there, hence download=True in the configs) or on in-memory toy splits. Tests marked
 `real_data` read the prepared TFDS data dir ($TFDS_DATA_DIR, else
-/work/shared/tensorflow_datasets) and skip when it does not hold the dataset.
+../shared/tensorflow_datasets beside the repo) and skip when it does not hold the dataset.
 """
 
 import glob
@@ -17,12 +17,13 @@ from rnn_jax import data
 from rnn_jax.data import common
 from rnn_jax.data import imdb
 
+from conftest import REAL_DATA_DIR
+
 tfds = common._tfds()  # pylint: disable=protected-access  # imports tfds with TF's GPUs hidden
 
 NUM_MOCK = 160  # mock examples per split
 VAL = 32  # validation_size in the mock configs
 BATCH, EVAL_BATCH = 16, 48
-REAL_DATA_DIR = os.environ.get('TFDS_DATA_DIR') or '/work/shared/tensorflow_datasets'
 
 
 def make_config(**overrides):
