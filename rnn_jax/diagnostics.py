@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from rnn_jax import cells, models, recurrent
 
@@ -30,14 +29,7 @@ def default_loss(model: models.SequenceModel) -> LossFn:
   """The trainer's losses: softmax CE for classes, sigmoid CE for one logit with integer
   labels, squared error for float labels; weighted by batch['mask'] when present."""
   def loss_fn(logits, batch):
-    labels = batch["labels"]
-    if model.num_outputs > 1:
-      per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    elif jnp.issubdtype(labels.dtype, jnp.integer):
-      per_example = optax.sigmoid_binary_cross_entropy(logits[..., 0],
-                                                       labels.astype(logits.dtype))
-    else:
-      per_example = jnp.square(logits[..., 0] - labels)
+    per_example, _ = models.per_example_loss(model, logits, batch["labels"])
     weights = _weights(batch, per_example.dtype)
     if per_example.ndim > 1:  # readout "all": per-step losses [batch, time].
       per_example = per_example.mean(axis=tuple(range(1, per_example.ndim)))

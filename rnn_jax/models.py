@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from rnn_jax import cells, recurrent
 
@@ -146,6 +147,24 @@ class SequenceModel:
     else:
       pooled = ys
     return pooled @ params["head"]["w"] + params["head"]["b"]
+
+
+def per_example_loss(model: SequenceModel, logits: jax.Array,
+                     labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(loss, correct) per example: the one rule that training and diagnostics share.
+
+  Softmax cross-entropy for classes, sigmoid cross-entropy for one logit with integer labels
+  (binary classification), squared error for one output with float labels (regression, where
+  "correct" is the adding problem's usual |error| < 0.04).
+  """
+  if model.num_outputs > 1:
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+            jnp.argmax(logits, -1) == labels)
+  logit = logits[..., 0]
+  if jnp.issubdtype(labels.dtype, jnp.integer):
+    return (optax.sigmoid_binary_cross_entropy(logit, labels.astype(logit.dtype)),
+            (logit > 0) == (labels == 1))
+  return jnp.square(logit - labels), jnp.abs(logit - labels) < 0.04
 
 
 def num_params(params: Any) -> int:

@@ -107,19 +107,9 @@ def loss_and_metrics(model: models.SequenceModel, logits: jax.Array, labels: jax
                      weights: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted mean loss, and the sums needed for exact metrics over many batches.
 
-  Softmax cross-entropy for classes, sigmoid cross-entropy for one logit with integer labels
-  (binary classification), mean squared error for one output with float labels (regression).
+  The per-example rule is `models.per_example_loss`.
   """
-  if model.num_outputs > 1:
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = jnp.argmax(logits, -1) == labels
-  elif jnp.issubdtype(labels.dtype, jnp.integer):
-    logit = logits[..., 0]
-    per_example = optax.sigmoid_binary_cross_entropy(logit, labels.astype(logit.dtype))
-    correct = (logit > 0) == (labels == 1)
-  else:
-    per_example = jnp.square(logits[..., 0] - labels)
-    correct = jnp.abs(logits[..., 0] - labels) < 0.04  # The adding problem's usual criterion.
+  per_example, correct = models.per_example_loss(model, logits, labels)
   count = jnp.sum(weights)
   loss = jnp.sum(per_example * weights) / jnp.maximum(count, 1.0)
   sums = {"loss_sum": jnp.sum(per_example * weights), "correct": jnp.sum(correct * weights),
