@@ -144,6 +144,13 @@ def perplexity(model, params, stream: np.ndarray, batch: int, window: int) -> di
   return {"loss": mean, "perplexity": float(np.exp(mean))}
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The fields shared with classifier configs, checked by config.validate (ValueError)."""
+  shared = config_lib.defaults()
+  shared.update({k: v for k, v in config.items() if k not in LM_FIELDS})
+  config_lib.validate(shared)
+
+
 def train_lm(config: ml_collections.ConfigDict, workdir: str,
              streams: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
   """Trains and evaluates the LM (resumable at epoch ends); writes and returns summary.json.
@@ -151,9 +158,7 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str,
   streams: {'train', 'validation', 'test'} token streams; None reads IMDB (build_streams).
   """
   start_time = time.perf_counter()
-  shared = config_lib.defaults()
-  shared.update({k: v for k, v in config.items() if k not in LM_FIELDS})
-  config_lib.validate(shared)
+  validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   train._save_config(workdir, config)
