@@ -1,0 +1,19 @@
+"""Sequential (pixel) MNIST, IRNN (Le et al. 2015): ReLU RNN with identity recurrent init.
+
+  python launch.py --config=configs/pixel_mnist_irnn.py --workdir=runs/pixel_irnn
+
+The identity start keeps the gradient alive through 784 steps (see the adding problem plot),
+at a quarter of the LSTM's matmul cost. A ReLU recurrence needs a small learning rate and
+clipping. Measured: see the README results table.
+"""
+
+from configs import pixel_mnist_lstm
+
+
+def get_config():
+  config = pixel_mnist_lstm.get_config()
+  config.cell = "irnn"
+  config.learning_rate = 1e-4
+  config.lr_schedule = "constant"
+  config.num_epochs = 3            # A quarter of the LSTM's cost per step.
+  return config
