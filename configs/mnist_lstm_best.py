@@ -14,7 +14,6 @@ def get_config():
   # backward pass sees the top rows last instead of 28 steps ago.
   config.bidirectional = True
   config.num_epochs = 10
-  # Without dropout the train loss reaches 0.005 while validation loss stalls at 0.040
-  # (validation 99.01% mean over 3 seeds, test 98.87 ± 0.05%).
-  config.dropout_rate = 0.2
+  # Tried: dropout_rate=0.2 against the overfitting (train loss 0.005, validation loss 0.040)
+  # lowered validation accuracy from 99.01% to 98.88% (mean of 3 seeds), so it is off.
   return config
