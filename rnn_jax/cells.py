@@ -40,7 +40,10 @@ class Cell:
     num_gates: G, the number of hidden-size blocks fused in `w_x`, `w_h` and `b`.
     carry_size: how many [batch, hidden] arrays the carry holds (1, or 2 for the LSTM).
     init: (key, input_size, hidden_size) -> params.
-    step: (params, carry, x_t [batch, input]) -> (carry, h_t [batch, hidden]).
+    step: (params, carry, x_t [batch, input], h_mask=None) -> (carry, h_t [batch, hidden]).
+      h_mask [batch, hidden], when given, multiplies h where it enters the recurrent matmuls
+      only (variational recurrent dropout), never the state that is carried on: a GRU's
+      z * h must see the unmasked h, or the state is rescaled by 1/(1-p) at every step.
     options: the options the cell was built with (for logs and summaries).
   """
   name: str
@@ -193,8 +196,9 @@ def rnn(activation: str = "tanh", recurrent_init: str = "orthogonal",
     return _dense_params(key, input_size, hidden_size, 1, recurrent_init, recurrent_scale,
                          input_init)
 
-  def step(params, h, x):
-    h = act(x @ params["w_x"] + h @ params["w_h"] + params["b"])
+  def step(params, h, x, h_mask=None):
+    h_in = h if h_mask is None else h * h_mask
+    h = act(x @ params["w_x"] + h_in @ params["w_h"] + params["b"])
     return h, h
 
   return Cell("rnn", 1, 1, init, step,
@@ -246,9 +250,10 @@ def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
         params[name] = jax.random.uniform(k, (hidden_size,), minval=-0.1, maxval=0.1)
     return params
 
-  def step(params, carry, x):
+  def step(params, carry, x, h_mask=None):
     h, c = carry
-    z = dict(zip(gates, jnp.split(joint_projection(x, h, params) + params["b"],
+    h_in = h if h_mask is None else h * h_mask
+    z = dict(zip(gates, jnp.split(joint_projection(x, h_in, params) + params["b"],
                                   num_gates, axis=-1)))
     f_pre = z["f"] + params["w_cf"] * c if peephole else z["f"]
     f = jax.nn.sigmoid(f_pre)
@@ -287,19 +292,20 @@ def gru(reset_after: bool = True, recurrent_init: str = "orthogonal") -> Cell:
       params["b_hn"] = jnp.zeros((hidden_size,))
     return params
 
-  def step(params, h, x):
+  def step(params, h, x, h_mask=None):
     hidden = h.shape[-1]
+    h_in = h if h_mask is None else h * h_mask  # Matmul inputs only; z * h keeps h itself.
     xr, xz, xn = jnp.split(x @ params["w_x"] + params["b"], 3, axis=-1)
     if reset_after:
-      hr, hz, hn = jnp.split(h @ params["w_h"], 3, axis=-1)
+      hr, hz, hn = jnp.split(h_in @ params["w_h"], 3, axis=-1)
       r = jax.nn.sigmoid(xr + hr)
       z = jax.nn.sigmoid(xz + hz)
       n = jnp.tanh(xn + r * (hn + params["b_hn"]))
     else:
-      hr, hz = jnp.split(h @ params["w_h"][:, :2 * hidden], 2, axis=-1)
+      hr, hz = jnp.split(h_in @ params["w_h"][:, :2 * hidden], 2, axis=-1)
       r = jax.nn.sigmoid(xr + hr)
       z = jax.nn.sigmoid(xz + hz)
-      n = jnp.tanh(xn + (r * h) @ params["w_h"][:, 2 * hidden:])
+      n = jnp.tanh(xn + (r * h_in) @ params["w_h"][:, 2 * hidden:])
     h = (1.0 - z) * n + z * h
     return h, h
 
@@ -318,11 +324,12 @@ def mgu(recurrent_init: str = "orthogonal") -> Cell:
   def init(key, input_size, hidden_size):
     return _dense_params(key, input_size, hidden_size, 2, recurrent_init)
 
-  def step(params, h, x):
+  def step(params, h, x, h_mask=None):
     hidden = h.shape[-1]
+    h_in = h if h_mask is None else h * h_mask  # Matmul inputs only; (1 - f) * h keeps h.
     xf, xn = jnp.split(x @ params["w_x"] + params["b"], 2, axis=-1)
-    f = jax.nn.sigmoid(xf + h @ params["w_h"][:, :hidden])
-    n = jnp.tanh(xn + (f * h) @ params["w_h"][:, hidden:])
+    f = jax.nn.sigmoid(xf + h_in @ params["w_h"][:, :hidden])
+    n = jnp.tanh(xn + (f * h_in) @ params["w_h"][:, hidden:])
     h = (1.0 - f) * h + f * n
     return h, h
 

@@ -75,8 +75,9 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
     unroll: `lax.scan`'s unroll factor.
     remat: rematerialise each step in the backward pass (`jax.checkpoint`): only the carries are
       stored, so activation memory per step drops to the carry's size, at some extra compute.
-    recurrent_mask: [batch, hidden] multiplier for h where it enters the recurrence (variational
-      recurrent dropout, Gal and Ghahramani 2016; the LSTM cell state is not masked).
+    recurrent_mask: [batch, hidden] multiplier for h where it enters the recurrent matmuls
+      (variational recurrent dropout, Gal and Ghahramani 2016, as Keras applies it): passed to
+      `cell.step(..., h_mask=...)`; the carried state (GRU's z * h, the LSTM cell) is unmasked.
     probes: a carry-shaped pytree of [time, batch, hidden] arrays added to the carry after each
       step (its h part also to the step's output, which is h). Pass zeros and differentiate
       with respect to them to get dL/d carry_t for every t in one backward pass (see
@@ -99,10 +100,10 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
     if cut_t is not None:
       cut = cut_t if cut_t.ndim == 0 else cut_t[:, None]
       carry = jax.tree.map(lambda c: jnp.where(cut, jax.lax.stop_gradient(c), c), carry)
-    step_in = carry
-    if recurrent_mask is not None:
-      step_in = cells_lib.with_hidden(carry, cells_lib.hidden_of(carry) * recurrent_mask)
-    new_carry, y = cell.step(params, step_in, x_t)
+    if recurrent_mask is None:
+      new_carry, y = cell.step(params, carry, x_t)
+    else:  # The cell masks h where it enters its matmuls, not the carried state.
+      new_carry, y = cell.step(params, carry, x_t, h_mask=recurrent_mask)
     if lengths is not None:
       valid = (t < lengths)[:, None]
       new_carry = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new_carry, carry)

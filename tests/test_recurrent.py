@@ -281,9 +281,56 @@ def test_recurrent_dropout_is_one_mask_reused_at_every_step():
   _, ys = recurrent.scan(cell, params, xs, recurrent_mask=mask)
   carry, ref = cell.zero_carry(BATCH, HIDDEN), []
   for t in range(TIME):
-    carry, y = cell.step(params, carry * mask, xs[:, t])
+    carry, y = cell.step(params, carry, xs[:, t], h_mask=mask)
     ref.append(y)
   np.testing.assert_allclose(ys, jnp.stack(ref, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("name,options", CELLS + [("mgu", {})])
+def test_recurrent_mask_reaches_only_the_recurrent_matmuls(name, options):
+  """With W_h = 0 the mask has nothing to act on: the carried state itself is never masked."""
+  cell, params, xs = _setup(name, options)
+  params = {**params, "w_h": jnp.zeros_like(params["w_h"])}
+  mask = recurrent.dropout(jax.random.key(3), jnp.ones((BATCH, HIDDEN)), 0.5)
+  masked = recurrent.scan(cell, params, xs, recurrent_mask=mask)
+  plain = recurrent.scan(cell, params, xs)
+  # Equal up to float reassociation (XLA fuses the two programs differently).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), masked, plain)
+
+
+@pytest.mark.parametrize("name", ["gru", "mgu"])
+def test_recurrent_dropout_keeps_gru_state_bounded_over_long_sequences(name):
+  """h is a convex mix of tanh(.) and h, so |h| <= 1 however long; scaling the carried h by
+  1/(1-p) each step (the mask on the state) made it grow like (1/(1-p))^t."""
+  cell = cells.get(name)
+  kp, kx = jax.random.split(jax.random.key(0))
+  params = cell.init(kp, INPUT, HIDDEN)
+  xs = jax.random.normal(kx, (BATCH, 300, INPUT))
+  mask = recurrent.dropout(jax.random.key(1), jnp.ones((BATCH, HIDDEN)), 0.5)
+  _, ys = recurrent.scan(cell, params, xs, recurrent_mask=mask)
+  assert float(jnp.max(jnp.abs(ys))) <= 1.0
+
+
+def test_masked_gru_matches_a_numpy_reference():
+  """Keras/Gal semantics: h * mask in r, z and n's matmuls; z * h with the unmasked h."""
+  cell, params, xs = _setup("gru", {})
+  mask = recurrent.dropout(jax.random.key(3), jnp.ones((BATCH, HIDDEN)), 0.5)
+  _, ys = recurrent.scan(cell, params, xs, recurrent_mask=mask)
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m, x = np.asarray(mask, np.float64), np.asarray(xs, np.float64)
+  sig = lambda v: 1.0 / (1.0 + np.exp(-v))
+  h, ref = np.zeros((BATCH, HIDDEN)), []
+  w_xr, w_xz, w_xn = np.split(p["w_x"], 3, axis=1)
+  w_hr, w_hz, w_hn = np.split(p["w_h"], 3, axis=1)
+  b_r, b_z, b_n = np.split(p["b"], 3)
+  for t in range(TIME):
+    hm = h * m
+    r = sig(x[:, t] @ w_xr + b_r + hm @ w_hr)
+    z = sig(x[:, t] @ w_xz + b_z + hm @ w_hz)
+    n = np.tanh(x[:, t] @ w_xn + b_n + r * (hm @ w_hn + p["b_hn"]))
+    h = (1 - z) * n + z * h
+    ref.append(h)
+  np.testing.assert_allclose(ys, np.stack(ref, 1), atol=1e-5)
 
 
 def test_bad_truncation_is_a_clear_error():
