@@ -3,7 +3,9 @@
   python -m rnn_jax.ablate --config=configs/ablate_fashion_cells.py --workdir=runs/fashion
 
 The harder cousin of row MNIST (clothing, 10 classes, same shapes), with the mnist_lstm recipe
-for 5 epochs. Measured: see the README results table.
+for 5 epochs. Measured on the 2-core CPU (each cell's 3 seeds vmapped together), test accuracy
+mean ± std over seeds 0, 1, 2: rnn 85.83 ± 0.26% (168 s), lstm 87.85 ± 0.29% (663 s), gru
+88.23 ± 0.19% (333 s).
 """
 
 from configs import mnist_lstm

@@ -2,7 +2,9 @@
 
   python -m rnn_jax.ablate --config=configs/seeds.py:mnist_rnn_best --workdir=runs/rnn_best
 
-Measured: see the README results table.
+Measured on the 2-core CPU (seeds 0, 1, 2 vmapped together, 332 s for all three): test
+accuracy 98.44 ± 0.07% (98.34, 98.51, 98.47), validation 98.37%. One direction, 20 epochs,
+seed 0: 98.15% (configs/mnist_rnn.py).
 """
 
 from configs import mnist_rnn
