@@ -1,4 +1,4 @@
-"""IMDB sentiment from scratch: bidirectional GRU over up to 400 tokens, masked mean of the outputs.
+"""IMDB sentiment from scratch: bidirectional GRU on up to 400 tokens, mean of the outputs.
 
   python -m rnn_jax.ablate --config=configs/seeds.py:imdb_best --workdir=runs/imdb_best
 
