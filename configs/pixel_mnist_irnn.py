@@ -4,7 +4,9 @@
 
 The identity start keeps the gradient alive through 784 steps (see the adding problem plot),
 at a quarter of the LSTM's matmul cost. A ReLU recurrence needs a small learning rate and
-clipping. Measured: see the README results table.
+clipping. Measured on the 2-core CPU (seed 0, partly shared with a test run): test accuracy
+74.82% after 3 epochs (validation 54.80 / 67.76 / 75.60% after epochs 1 / 2 / 3, still
+rising), 563 s. Le et al. report ~97% after hundreds of epochs.
 """
 
 from configs import pixel_mnist_lstm

@@ -3,8 +3,8 @@
   python launch.py --config=configs/pixel_mnist_lstm.py --workdir=runs/pixel_lstm
 
 The long-memory version of MNIST: the class depends on pixels hundreds of steps back.
-Measured: see the README results table (a CPU affords only a few epochs; published LSTMs
-reach ~98% after far more).
+Measured on the 2-core CPU (seed 0, partly shared with a test run): test accuracy 36.91%
+after 1 epoch (validation 37.84%), 727 s; published LSTMs reach ~98% after far more epochs.
 """
 
 from configs import mnist_lstm
