@@ -158,6 +158,26 @@ def _dense_params(key, input_size, hidden, num_gates, recurrent_init="orthogonal
   }
 
 
+def _check_chrono(max_horizon: int) -> None:
+  if max_horizon != int(max_horizon) or max_horizon < 2:
+    raise ValueError(f"chrono_init={max_horizon!r}: it is the longest dependency (in steps) "
+                     "the gates should start able to hold; use an integer >= 2, or 0 for off.")
+
+
+def chrono_bias(key: jax.Array, hidden_size: int, max_horizon: int) -> jax.Array:
+  """Chrono initialisation (Tallec and Ollivier 2018): b ~ log(U(1, max_horizon - 1)) [hidden].
+
+  A gate sigmoid(b) that keeps the state (LSTM forget gate, GRU update gate) then lets unit j
+  remember for about 1 / (1 - sigmoid(b_j)) = exp(b_j) + 1 steps at the start of training: the
+  time scales are spread log-uniformly over [2, max_horizon] instead of all being a few steps
+  (~3.7 for the LSTM's forget_bias 1, 2 for a zero bias), so from the first update the
+  gradient reaches dependencies up to ~max_horizon steps back.
+  """
+  _check_chrono(max_horizon)
+  return jnp.log(jax.random.uniform(key, (hidden_size,), minval=1.0,
+                                    maxval=float(max_horizon - 1)))
+
+
 # ----------------------------------------------------------------------------- cells
 
 def joint_projection(x: jax.Array, h: jax.Array, params: Params) -> jax.Array:
@@ -219,7 +239,7 @@ def irnn(recurrent_scale: float = 1.0) -> Cell:
 
 @register("lstm")
 def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
-         recurrent_init: str = "orthogonal") -> Cell:
+         recurrent_init: str = "orthogonal", chrono_init: int = 0) -> Cell:
   """LSTM (Hochreiter and Schmidhuber 1997; Gers et al. 2000), PyTorch's gate order i, f, g, o.
 
       i, f, g, o = split(x W_x + h W_h + b)
@@ -232,8 +252,13 @@ def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
   - `peephole`: the `w_c*` terms above, extra params `w_ci`, `w_cf`, `w_co` [hidden]
     (without it they are absent, as in PyTorch);
   - `cifg`: coupled input and forget gate, i = 1 - f. The input gate then has no weights:
-    the fused matrices hold G=3 blocks in the order f, g, o.
+    the fused matrices hold G=3 blocks in the order f, g, o;
+  - `chrono_init`: T_max > 0 starts b_f ~ log(U(1, T_max - 1)) and b_i = -b_f instead of
+    `forget_bias` (Tallec and Ollivier 2018; see `chrono_bias`), for dependencies ~T_max
+    steps long.
   """
+  if chrono_init:
+    _check_chrono(chrono_init)  # Reject a bad T_max when the config is read, not at init.
   gates = ("f", "g", "o") if cifg else ("i", "f", "g", "o")
   num_gates = len(gates)
   f_index = gates.index("f")
@@ -241,8 +266,11 @@ def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
   def init(key, input_size, hidden_size):
     kd, kp = jax.random.split(key)
     params = _dense_params(kd, input_size, hidden_size, num_gates, recurrent_init)
-    params["b"] = params["b"].at[f_index * hidden_size:(f_index + 1) * hidden_size].set(
-        forget_bias)
+    b_f = (chrono_bias(jax.random.fold_in(key, 1), hidden_size, chrono_init) if chrono_init
+           else forget_bias)
+    params["b"] = params["b"].at[f_index * hidden_size:(f_index + 1) * hidden_size].set(b_f)
+    if chrono_init and not cifg:  # b_i = -b_f: the input gate starts as shut as f is open.
+      params["b"] = params["b"].at[:hidden_size].set(-b_f)
     if peephole:
       peeps = ("w_cf", "w_co") if cifg else ("w_ci", "w_cf", "w_co")
       for name, k in zip(peeps, jax.random.split(kp, len(peeps))):
@@ -268,11 +296,12 @@ def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
 
   return Cell("lstm", num_gates, 2, init, step,
               (("forget_bias", forget_bias), ("peephole", peephole), ("cifg", cifg),
-               ("recurrent_init", recurrent_init)))
+               ("recurrent_init", recurrent_init), ("chrono_init", chrono_init)))
 
 
 @register("gru")
-def gru(reset_after: bool = True, recurrent_init: str = "orthogonal") -> Cell:
+def gru(reset_after: bool = True, recurrent_init: str = "orthogonal",
+        chrono_init: int = 0) -> Cell:
   """GRU (Cho et al. 2014), PyTorch's gate order r, z, n.
 
   Default, "reset after" (PyTorch, cuDNN, Keras `reset_after=True`); extra param b_hn [hidden]:
@@ -285,9 +314,18 @@ def gru(reset_after: bool = True, recurrent_init: str = "orthogonal") -> Cell:
   `reset_after=False` gives Chung et al. 2014's "reset before" form (no b_hn):
 
       n = tanh(x W_xn + (r * h) W_hn + b_n)
+
+  `chrono_init`: T_max > 0 starts the update-gate bias b_z ~ log(U(1, T_max - 1)) (z keeps h,
+  as the LSTM's f keeps c; Tallec and Ollivier 2018, see `chrono_bias`); 0 = zero biases.
   """
+  if chrono_init:
+    _check_chrono(chrono_init)  # Reject a bad T_max when the config is read, not at init.
+
   def init(key, input_size, hidden_size):
     params = _dense_params(key, input_size, hidden_size, 3, recurrent_init)
+    if chrono_init:
+      params["b"] = params["b"].at[hidden_size:2 * hidden_size].set(
+          chrono_bias(jax.random.fold_in(key, 1), hidden_size, chrono_init))
     if reset_after:
       params["b_hn"] = jnp.zeros((hidden_size,))
     return params
@@ -310,7 +348,8 @@ def gru(reset_after: bool = True, recurrent_init: str = "orthogonal") -> Cell:
     return h, h
 
   return Cell("gru", 3, 1, init, step,
-              (("reset_after", reset_after), ("recurrent_init", recurrent_init)))
+              (("reset_after", reset_after), ("recurrent_init", recurrent_init),
+               ("chrono_init", chrono_init)))
 
 
 @register("mgu")

@@ -317,6 +317,41 @@ def test_lstm_forget_bias_lands_in_the_f_block(cifg, forget_bias):
                                   np.full((HIDDEN,), expected, np.float32), err_msg=gate)
 
 
+@pytest.mark.parametrize("name,options,keep,shut", [
+    ("lstm", {}, 1, 0), ("lstm", {"cifg": True}, 0, None),
+    ("gru", {}, 1, None), ("gru", {"reset_after": False}, 1, None)])
+def test_chrono_init_spreads_the_keep_gate_bias(name, options, keep, shut):
+  t_max, hidden = 200, 2000
+  plain = init(cells.get(name, recurrent_init="identity", **options), 0, INPUT, hidden)
+  params = init(cells.get(name, recurrent_init="identity", chrono_init=t_max, **options), 0,
+                INPUT, hidden)
+  b = np.asarray(params["b"])
+  b_keep = block(b, keep, hidden)
+  # log(U(1, T_max - 1)): inside [0, log(T_max - 1)], spread over all of it (2,000 samples),
+  # with the mean of log U for U ~ U(1, a): (a log a - a + 1) / (a - 1).
+  assert 0.0 <= b_keep.min() < 0.1 and np.log(t_max - 1) - 0.01 < b_keep.max() <= np.log(t_max - 1)
+  a = t_max - 1.0
+  expected_mean = (a * np.log(a) - a + 1.0) / (a - 1.0)  # E[log U] for U ~ U(1, a).
+  assert abs(b_keep.mean() - expected_mean) < 0.05
+  for k in range(b.size // hidden):
+    if k == shut:  # LSTM: b_i = -b_f, the input gate starts as shut as f is open.
+      np.testing.assert_array_equal(block(b, k, hidden), -b_keep)
+    elif k != keep:
+      np.testing.assert_array_equal(block(b, k, hidden), np.zeros(hidden, np.float32),
+                                    err_msg=str(k))
+  # Only the biases change: the weights are those of the plain init, key for key.
+  for k in params:
+    if k != "b":
+      np.testing.assert_array_equal(params[k], plain[k], err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("bad", [1, -3, 2.5])
+def test_chrono_init_rejects_bad_horizons(name, bad):
+  with pytest.raises(ValueError, match="chrono_init.*integer >= 2"):
+    cells.get(name, chrono_init=bad)
+
+
 @pytest.mark.parametrize("config", ["rnn-tanh", "rnn-relu", "gru-reset-after",
                                     "gru-reset-before"])
 def test_biases_start_at_zero(config):
@@ -473,8 +508,8 @@ def test_unknown_cell_lists_the_known_ones():
 
 
 @pytest.mark.parametrize("name,bad,accepted", [
-    ("lstm", "forgetbias", ["forget_bias", "peephole", "cifg", "recurrent_init"]),
-    ("gru", "peephole", ["reset_after", "recurrent_init"]),
+    ("lstm", "forgetbias", ["forget_bias", "peephole", "cifg", "recurrent_init", "chrono_init"]),
+    ("gru", "peephole", ["reset_after", "recurrent_init", "chrono_init"]),
     ("rnn", "nonlinearity", ["activation", "recurrent_init", "recurrent_scale", "input_init"]),
     ("irnn", "activation", ["recurrent_scale"]),
 ])
@@ -489,8 +524,9 @@ def test_unknown_option_lists_accepted_options(name, bad, accepted):
 
 def test_options_of_gives_defaults():
   assert cells.options_of("lstm") == {"forget_bias": 1.0, "peephole": False, "cifg": False,
-                                      "recurrent_init": "orthogonal"}
-  assert cells.options_of("gru") == {"reset_after": True, "recurrent_init": "orthogonal"}
+                                      "recurrent_init": "orthogonal", "chrono_init": 0}
+  assert cells.options_of("gru") == {"reset_after": True, "recurrent_init": "orthogonal",
+                                     "chrono_init": 0}
   with pytest.raises(ValueError, match="Known cells"):
     cells.options_of("nope")
 
@@ -498,7 +534,7 @@ def test_options_of_gives_defaults():
 def test_cell_records_its_options():
   cell = cells.get("lstm", forget_bias=0.5, cifg=True)
   assert dict(cell.options) == {"forget_bias": 0.5, "peephole": False, "cifg": True,
-                                "recurrent_init": "orthogonal"}
+                                "recurrent_init": "orthogonal", "chrono_init": 0}
 
 
 def test_register_adds_a_cell_and_refuses_duplicates(monkeypatch):
