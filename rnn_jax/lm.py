@@ -35,7 +35,7 @@ import optax
 from rnn_jax import checkpoints, config as config_lib, models, reporting, train
 from rnn_jax.data import common, imdb
 
-LM_FIELDS = ("window", "eval_window", "max_steps", "eval_tokens")
+LM_FIELDS = ("window", "eval_window", "max_steps", "max_tokens", "eval_tokens")
 EOR = "<eor>"
 
 
@@ -54,6 +54,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.window = 35         # k: steps per window = steps back-propagated; one update per window.
   c.eval_window = 100   # Window for perplexity (the carry passes on; no gradients).
   c.max_steps = 0       # Stop after this many updates (0: all epochs).
+  c.max_tokens = 0      # Stop after this many training tokens, batch x window per update
+                        # (0: all epochs). The fair budget across windows k: same data seen.
   c.eval_tokens = 0     # Score only the first N tokens of validation and test (0: all).
   return c
 
@@ -149,6 +151,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   shared = config_lib.defaults()
   shared.update({k: v for k, v in config.items() if k not in LM_FIELDS})
   config_lib.validate(shared)
+  for field in LM_FIELDS:
+    value = config.get(field, 0)
+    if not isinstance(value, int) or value < 0 or (field.endswith("window") and value < 1):
+      raise ValueError(f"config.{field}={value!r}: use an integer >= "
+                       f"{1 if field.endswith('window') else 0}"
+                       f"{'' if field.endswith('window') else ' (0 = no limit)'}.")
 
 
 def train_lm(config: ml_collections.ConfigDict, workdir: str,
@@ -171,6 +179,8 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str,
   total = steps_per_epoch * config.num_epochs
   if config.max_steps:
     total = min(total, config.max_steps)
+  if config.max_tokens:
+    total = min(total, max(1, config.max_tokens // (config.batch_size * k)))
   tx, _ = train.build_optimizer(config, total)
   state = train.create_train_state(model, tx, config.seed)
   ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), keep=1, keep_best=1,

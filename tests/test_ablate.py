@@ -149,3 +149,25 @@ def test_lm_tbptt_sweep_on_a_small_stream(tmp_path, monkeypatch):
     assert 1.0 < row["test_perplexity"] < 8.0  # Far below the 16-token uniform guess.
   with open(os.path.join(str(tmp_path), "window=2", "seed_0", "summary.json")) as f:
     assert json.load(f)["steps"] == (2400 // 8 - 1) // 2
+
+
+def test_lm_max_tokens_is_a_budget_of_training_tokens(tmp_path):
+  from rnn_jax import lm
+  streams = {k: np.arange(n, dtype=np.int32) % 14 + 2
+             for k, n in (("train", 2400), ("validation", 300), ("test", 300))}
+  config = lm.defaults()
+  config.update(vocab_size=16, embed_size=4, hidden_size=4, batch_size=8, window=5,
+                eval_window=10, num_epochs=3, log_every_steps=1000, cell="rnn",
+                max_tokens=8 * 5 * 7 + 3)  # Seven whole updates of 8 x 5 tokens, then stop.
+  summary = lm.train_lm(config, str(tmp_path), streams=streams)
+  assert summary["steps"] == 7
+
+
+@pytest.mark.parametrize("field,value", [("window", 0), ("eval_window", -1),
+                                         ("max_tokens", -5), ("max_steps", -1)])
+def test_lm_validate_rejects_bad_lm_fields(field, value):
+  from rnn_jax import lm
+  config = lm.defaults()
+  config[field] = value
+  with pytest.raises(ValueError, match=f"config.{field}="):
+    lm.validate(config)
