@@ -30,7 +30,7 @@ def get_config():
   base = base_lib.get_config()
   base.dataset = "adding"
   base.sequence_length = 50
-  base.num_train_examples = 50000
+  base.num_train_examples = 10000  # x 10 epochs / batch 50 = 2,000 updates (CPU budget).
   base.validation_size = 1000
   base.hidden_size = 64
   base.batch_size = 50
