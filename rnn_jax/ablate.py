@@ -7,9 +7,10 @@ A sweep config (see `defaults()`) names a task config (`base`), the axes to swee
 field -> values; dotted names reach into dicts, e.g. 'cell_options.forget_bias'), and `seeds`.
 Every (setting, seed) is a normal resumable run directory, DIR/<setting>/seed_<s>, holding what
 `train.train_and_evaluate` writes (config.json, metrics.jsonl, checkpoints/, summary.json,
-plots/) plus diagnostics.json (gradient norm through time of the final params on a fixed
-batch, and the memory horizon). Running the command again skips runs whose summary.json exists
-and resumes the others. DIR/results.md and DIR/results.csv hold mean +- std over seeds;
+plots/) plus diagnostics.json (gradient norm through time, of the whole carry, of the final
+params on a fixed batch, and the memory horizon). Running the command again skips runs whose
+summary.json exists (recomputing diagnostics.json from the last checkpoint when an older
+version wrote it) and resumes the others. DIR/results.md and DIR/results.csv hold mean +- std over seeds;
 DIR/plots/ the learning curves, a summary bar chart and the gradient norm through time.
 
 Vmapped seeds (`vmap_seeds=True`): each seed keeps its own params, optimizer state, dropout
@@ -370,6 +371,15 @@ def train_one(config: ml_collections.ConfigDict, workdir: str, *, horizon_fracti
               diagnostics_examples: int = 256) -> dict[str, Any]:
   """`train.train_and_evaluate`, then the final diagnostics from the latest checkpoint."""
   summary = train.train_and_evaluate(config, workdir)
+  return final_diagnostics(config, workdir, summary, horizon_fraction=horizon_fraction,
+                           diagnostics_examples=diagnostics_examples)
+
+
+def final_diagnostics(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any],
+                      *, horizon_fraction: float = 0.01, diagnostics_examples: int = 256
+                      ) -> dict[str, Any]:
+  """diagnostics.json from the run's latest checkpoint (its final params); the summary's
+  memory_horizon updated and saved. Returns the summary."""
   task = data.load(config, workdir)
   model = train.build_model(config, task)
   tx, _ = train.build_optimizer(config, 1)
@@ -381,6 +391,15 @@ def train_one(config: ml_collections.ConfigDict, workdir: str, *, horizon_fracti
   summary["memory_horizon"] = record["memory_horizon"]
   reporting.write_summary(workdir, summary)
   return summary
+
+
+def _stale_diagnostics(workdir: str) -> bool:
+  """Finished before diagnostics measured the whole carry (h and the LSTM's c)."""
+  path = os.path.join(workdir, "diagnostics.json")
+  if not os.path.exists(path):
+    return True
+  with open(path) as f:
+    return json.load(f).get("state") != "carry"
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -402,12 +421,18 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
         c.hidden_size = hidden
     dirs = [run_dir(workdir, name, seed) for seed in sweep.seeds]
     todo = [i for i, d in enumerate(dirs) if not os.path.exists(os.path.join(d, "summary.json"))]
+    kwargs = dict(horizon_fraction=sweep.horizon_fraction,
+                  diagnostics_examples=sweep.diagnostics_examples)
+    if sweep.trainer == "classifier":  # Finished runs from an older version: recompute.
+      for i, d in enumerate(dirs):
+        if i not in todo and _stale_diagnostics(d):
+          print(f"== {name}: recomputing seed {sweep.seeds[i]}'s final diagnostics", flush=True)
+          with open(os.path.join(d, "summary.json")) as f:
+            final_diagnostics(configs[i], d, json.load(f), **kwargs)
     if not todo:
       logging.info("%s: all seeds finished; skipped.", name)
       continue
     print(f"== {name}: seeds {[sweep.seeds[i] for i in todo]}", flush=True)
-    kwargs = dict(horizon_fraction=sweep.horizon_fraction,
-                  diagnostics_examples=sweep.diagnostics_examples)
     if sweep.trainer == "lm":
       from rnn_jax import lm  # pylint: disable=g-import-not-at-top
       for i in todo:

@@ -159,7 +159,8 @@ def _dense_params(key, input_size, hidden, num_gates, recurrent_init="orthogonal
 
 
 def _check_chrono(max_horizon: int) -> None:
-  if max_horizon != int(max_horizon) or max_horizon < 2:
+  if (isinstance(max_horizon, bool) or not isinstance(max_horizon, (int, float))
+      or not float(max_horizon).is_integer() or max_horizon < 2):
     raise ValueError(f"chrono_init={max_horizon!r}: it is the longest dependency (in steps) "
                      "the gates should start able to hold; use an integer >= 2, or 0 for off.")
 
@@ -169,9 +170,9 @@ def chrono_bias(key: jax.Array, hidden_size: int, max_horizon: int) -> jax.Array
 
   A gate sigmoid(b) that keeps the state (LSTM forget gate, GRU update gate) then lets unit j
   remember for about 1 / (1 - sigmoid(b_j)) = exp(b_j) + 1 steps at the start of training: the
-  time scales are spread log-uniformly over [2, max_horizon] instead of all being a few steps
-  (~3.7 for the LSTM's forget_bias 1, 2 for a zero bias), so from the first update the
-  gradient reaches dependencies up to ~max_horizon steps back.
+  time scales are uniform over [2, max_horizon], so most units start with long memories,
+  instead of all being a few steps (~3.7 for the LSTM's forget_bias 1, 2 for a zero bias),
+  and from the first update the gradient reaches dependencies up to ~max_horizon steps back.
   """
   _check_chrono(max_horizon)
   return jnp.log(jax.random.uniform(key, (hidden_size,), minval=1.0,
@@ -253,7 +254,7 @@ def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
     (without it they are absent, as in PyTorch);
   - `cifg`: coupled input and forget gate, i = 1 - f. The input gate then has no weights:
     the fused matrices hold G=3 blocks in the order f, g, o;
-  - `chrono_init`: T_max > 0 starts b_f ~ log(U(1, T_max - 1)) and b_i = -b_f instead of
+  - `chrono_init`: T_max >= 2 starts b_f ~ log(U(1, T_max - 1)) and b_i = -b_f instead of
     `forget_bias` (Tallec and Ollivier 2018; see `chrono_bias`), for dependencies ~T_max
     steps long.
   """
@@ -315,7 +316,7 @@ def gru(reset_after: bool = True, recurrent_init: str = "orthogonal",
 
       n = tanh(x W_xn + (r * h) W_hn + b_n)
 
-  `chrono_init`: T_max > 0 starts the update-gate bias b_z ~ log(U(1, T_max - 1)) (z keeps h,
+  `chrono_init`: T_max >= 2 starts the update-gate bias b_z ~ log(U(1, T_max - 1)) (z keeps h,
   as the LSTM's f keeps c; Tallec and Ollivier 2018, see `chrono_bias`); 0 = zero biases.
   """
   if chrono_init:

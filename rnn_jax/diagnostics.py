@@ -9,7 +9,11 @@ truncated BPTT (model.truncation) the cut paths carry nothing.
 
 Norm convention: for each step t, the L2 norm over the hidden units of each example's
 dL/dh_t, averaged over the examples of the batch (padding rows, mask 0, excluded). The loss is
-the batch MEAN loss, as in training, so the values scale like 1 / batch size.
+the batch MEAN loss, as in training, so the values scale like 1 / batch size. With
+state="carry" the norm is over the whole carry: for the LSTM both h_t and c_t. That is the one
+to compare cells by: an LSTM keeps its memory in c, and with a shut input gate (chrono init)
+almost nothing flows back through h while dL/dc_t stays large. `make_diagnostics` (the
+trainer's and the ablations' record) uses the carry.
 """
 
 from __future__ import annotations
@@ -79,15 +83,17 @@ def carry_gradients(model: models.SequenceModel, params: dict[str, Any], batch: 
 
 def gradient_norm_through_time(model: models.SequenceModel, params: dict[str, Any],
                                batch: Batch, *, per_layer: bool = False,
-                               direction: str = "fwd",
+                               direction: str = "fwd", state: str = "h",
                                loss_fn: LossFn | None = None) -> jax.Array:
   """||dL/dh_t|| for every step t: [time] for the top layer, or [layers, time] with per_layer.
 
   The norm is taken over the hidden units of each example and averaged over the batch (mask
   respected); see the module docstring. `direction` "bwd" reads a bidirectional model's
-  backward direction (in its processing order). Works for every cell: for the LSTM, h is
-  carry[0] (the gradient reaching the cell state c is not included).
+  backward direction (in its processing order). `state` "h" (h is carry[0] for the LSTM) or
+  "carry": ||dL/dcarry_t|| over every part of the carry (h and c for the LSTM).
   """
+  if state not in ("h", "carry"):
+    raise ValueError(f"state={state!r}: use 'h' (dL/dh_t) or 'carry' (h and, for the LSTM, c).")
   grads = carry_gradients(model, params, batch, loss_fn=loss_fn)
   weights = _weights(batch)
   norms = []
@@ -98,8 +104,9 @@ def gradient_norm_through_time(model: models.SequenceModel, params: dict[str, An
       layer = layer[direction]
     elif direction != "fwd":
       raise ValueError(f"direction={direction!r} needs a bidirectional model; use 'fwd'.")
-    dh = cells.hidden_of(layer)  # [time, batch, hidden]
-    per_example = jnp.sqrt(jnp.sum(jnp.square(dh), axis=-1))  # [time, batch]
+    parts = [cells.hidden_of(layer)] if state == "h" else jax.tree.leaves(layer)
+    squares = sum(jnp.sum(jnp.square(d), axis=-1) for d in parts)  # d: [time, batch, hidden]
+    per_example = jnp.sqrt(squares)  # [time, batch]
     norms.append(per_example @ weights / jnp.maximum(jnp.sum(weights), 1.0))
   norms = jnp.stack(norms)
   return norms if per_layer else norms[-1]
@@ -229,22 +236,24 @@ def make_diagnostics(model: models.SequenceModel, batch: Batch, *,
                      ) -> Callable[[Any], dict[str, Any]]:
   """A function params -> JSON-able diagnostics on the fixed `batch` (compiled once).
 
-  The record: "grad_norm_through_time" (list, top layer, [time]), "memory_horizon" (int, at
-  `fraction`), "grad_norm_first" / "grad_norm_last" (norms at the first and last step), and
-  the gate statistics of gated cells.
+  The record: "grad_norm_through_time" (list, top layer, [time], of the whole carry: h and,
+  for the LSTM, c), "memory_horizon" (int, at `fraction`), "grad_norm_first" /
+  "grad_norm_last" (norms at the first and last step), "state": "carry", and the gate
+  statistics of gated cells.
   """
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
 
   @jax.jit
   def compute(params):
-    norms = gradient_norm_through_time(model, params, batch, loss_fn=loss_fn)
+    norms = gradient_norm_through_time(model, params, batch, state="carry", loss_fn=loss_fn)
     return norms, gate_statistics(model, params, batch)
 
   def diagnostics(params):
     norms, gates = jax.device_get(compute(params))
     record = {"grad_norm_through_time": [float(v) for v in norms],
               "memory_horizon": memory_horizon(norms, fraction),
-              "grad_norm_first": float(norms[0]), "grad_norm_last": float(norms[-1])}
+              "grad_norm_first": float(norms[0]), "grad_norm_last": float(norms[-1]),
+              "state": "carry"}
     record.update({k: float(v) for k, v in gates.items()})
     return record
 

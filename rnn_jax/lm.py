@@ -16,7 +16,10 @@ Vocabulary: `vocab_size` ids = 0 padding (never in the stream), 1 out-of-vocabul
 vocab_size - 3 most frequent words of the train reviews left after the validation ones, and
 `<eor>` = vocab_size - 1.
 
-Checkpoints at epoch ends only (where carries are zero), so a resumed run is exact.
+Checkpoints at epoch ends (where carries are zero), so a resumed run is exact; and where a
+`max_steps` / `max_tokens` budget stops training. That last one is the run's end: raising the
+budget later and resuming goes on from zero carries with a learning-rate schedule built for
+the new total, so it is not the run a larger budget would have trained from the start.
 """
 
 from __future__ import annotations
@@ -153,7 +156,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   config_lib.validate(shared)
   for field in LM_FIELDS:
     value = config.get(field, 0)
-    if not isinstance(value, int) or value < 0 or (field.endswith("window") and value < 1):
+    if (isinstance(value, bool) or not isinstance(value, int) or value < 0
+        or (field.endswith("window") and value < 1)):
       raise ValueError(f"config.{field}={value!r}: use an integer >= "
                        f"{1 if field.endswith('window') else 0}"
                        f"{'' if field.endswith('window') else ' (0 = no limit)'}.")

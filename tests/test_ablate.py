@@ -88,6 +88,23 @@ def test_sweep_vmapped_equals_sequential_skips_and_reports(tmp_path):
   ablate.run_sweep(sweep, workdir)
   assert all(os.path.getmtime(os.path.join(d, "summary.json")) == t for d, t in stamps.items())
 
+  # A run finished by an older version (diagnostics of h only, no "state" field) gets its
+  # diagnostics recomputed from its last checkpoint, without training again.
+  stale = ablate.run_dir(workdir, "cell=gru", 1)
+  path = os.path.join(stale, "diagnostics.json")
+  with open(path) as f:
+    original = json.load(f)
+  with open(path, "w") as f:
+    json.dump({"grad_norm_through_time": [1.0] * 10, "memory_horizon": -1}, f)
+  trained = os.path.getmtime(os.path.join(stale, "metrics.jsonl"))
+  ablate.run_sweep(sweep, workdir)
+  with open(path) as f:
+    fresh = json.load(f)
+  assert fresh["state"] == "carry" and fresh["memory_horizon"] == original["memory_horizon"]
+  np.testing.assert_allclose(fresh["grad_norm_through_time"], original["grad_norm_through_time"],
+                             rtol=1e-5)
+  assert os.path.getmtime(os.path.join(stale, "metrics.jsonl")) == trained
+
 
 def test_sequential_fallback_and_dotted_fields(tmp_path):
   axes = (("cell", ["lstm"]), ("cell_options.forget_bias", [0.0]), ("truncation", [4]))
@@ -164,7 +181,8 @@ def test_lm_max_tokens_is_a_budget_of_training_tokens(tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("window", 0), ("eval_window", -1),
-                                         ("max_tokens", -5), ("max_steps", -1)])
+                                         ("max_tokens", -5), ("max_steps", -1),
+                                         ("window", True)])
 def test_lm_validate_rejects_bad_lm_fields(field, value):
   from rnn_jax import lm
   config = lm.defaults()
