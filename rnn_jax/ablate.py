@@ -600,7 +600,8 @@ def write_plots(sweep: ml_collections.ConfigDict, workdir: str,
                       alpha=0.15, color=line.get_color())
     ax.set_yscale("log")
     ax.invert_xaxis()
-    ax.set(title="||dL/dh_t|| of the final params (mean, min-max band over seeds)",
+    ax.set(title="||dL/d state_t|| of the final params (h; h and c for the LSTM)\n"
+                 "mean, min-max band over seeds",
            xlabel="steps before the last step", ylabel="gradient norm")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
