@@ -8,7 +8,21 @@ Why a separate sweep: `chrono_init` is an LSTM/GRU option (the tanh RNN and IRNN
 gate), and it is the experiment that says whether the default-init cells' failure at long T
 in `ablate_adding` is the vanishing gradient at init (the LSTM's forget gate starts at
 sigmoid(1), a time scale of ~4 steps) rather than a limit of the cell. Compare its
-results.md and grad_norm_through_time.png with those of `ablate_adding`.
+results.md and grad_norm_through_time.png with those of `ablate_adding`. T_max = 500 for
+every T (a product sweep cannot tie it to sequence_length): for T = 50 and 200 it only
+means memories longer than needed.
+
+Measured here (2 CPU cores, 2,000 updates, 3 seeds vmapped per setting; 32 min in all), test
+MSE mean ± std (baseline 0.167), memory horizon in brackets:
+
+  cell              T = 50                   T = 200                  T = 500
+  LSTM, chrono     0.0099 ± 0.0018 [49]     0.019 ± 0.0012 [199]     0.042 ± 0.0074 [499]
+  GRU, chrono      0.0053 ± 0.0003 [49]     0.0076 ± 0.0021 [199]    0.019 ± 0.0074 [499]
+
+Both learn at every T (the validation MSE leaves the baseline after 1,400-1,800 updates at
+T = 500 and is still falling at the end), where the default-init LSTM stays at the baseline
+from T = 200 and the GRU at T = 500. At T = 50 and 200 the default GRU is as good or better
+(0.0035, 0.0021): chrono init buys reach, not precision.
 """
 
 from configs import ablate_adding
