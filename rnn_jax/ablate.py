@@ -525,13 +525,17 @@ def write_plots(sweep: ml_collections.ConfigDict, workdir: str,
   names = [row["setting"] for row in rows]
   paths = []
 
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  palette = colormaps["tab10" if len(names) <= 10 else "tab20"].colors  # No repeated colour.
+
   def band(ax, xs, runs, label):
     length = min(len(r) for r in runs)
     if length == 0:
       return
     values = np.array([r[:length] for r in runs], np.float64)
     mean, std = values.mean(0), values.std(0)
-    line, = ax.plot(xs[:length], mean, label=label)
+    line, = ax.plot(xs[:length], mean, label=label,
+                    color=palette[names.index(label) % len(palette)])
     ax.fill_between(xs[:length], mean - std, mean + std, alpha=0.2, color=line.get_color())
 
   fig = Figure(figsize=(12, 4.5), layout="constrained")
@@ -589,13 +593,12 @@ def write_plots(sweep: ml_collections.ConfigDict, workdir: str,
     # smallest non-zero norm, so the curves keep a readable range.
     positive = [v for runs in grads.values() for v in np.ravel(runs) if v > 0]
     floor = min(positive) / 10 if positive else np.finfo(np.float64).tiny
-    from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-    palette = colormaps["tab10" if len(grads) <= 10 else "tab20"].colors  # No repeated colour.
-    for index, (name, runs) in enumerate(grads.items()):
+    for name, runs in grads.items():
       values = np.array(runs, np.float64)
       steps_back = np.arange(values.shape[1])[::-1]  # 0 = the last step
       mean = np.maximum(values.mean(0), floor)
-      line, = ax.plot(steps_back, mean, label=name, color=palette[index % len(palette)])
+      line, = ax.plot(steps_back, mean, label=name,  # Same colour as in the curves.
+                      color=palette[names.index(name) % len(palette)])
       ax.fill_between(steps_back, np.maximum(values.min(0), floor), np.maximum(values.max(0), floor),
                       alpha=0.15, color=line.get_color())
     ax.set_yscale("log")
