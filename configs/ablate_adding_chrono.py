@@ -22,7 +22,9 @@ MSE mean ± std (baseline 0.167), memory horizon in brackets:
 Both learn at every T (the validation MSE leaves the baseline after 1,400-1,800 updates at
 T = 500 and is still falling at the end), where the default-init LSTM stays at the baseline
 from T = 200 and the GRU at T = 500. At T = 50 and 200 the default GRU is as good or better
-(0.0035, 0.0021): chrono init buys reach, not precision.
+(0.0035, 0.0021): chrono init buys reach, not precision. The T = 500 runs continued to 4,000
+updates (`--config.base.num_epochs=20` on the same workdirs, resumed): test MSE LSTM
+0.0126 ± 0.0062, GRU 0.0013 ± 0.0005.
 """
 
 from configs import ablate_adding
