@@ -10,8 +10,9 @@ Every (setting, seed) is a normal resumable run directory, DIR/<setting>/seed_<s
 plots/) plus diagnostics.json (gradient norm through time, of the whole carry, of the final
 params on a fixed batch, and the memory horizon). Running the command again skips runs whose
 summary.json exists (recomputing diagnostics.json from the last checkpoint when an older
-version wrote it) and resumes the others. DIR/results.md and DIR/results.csv hold mean +- std over seeds;
-DIR/plots/ the learning curves, a summary bar chart and the gradient norm through time.
+version wrote it) and resumes the others. DIR/results.md and DIR/results.csv hold mean +- std
+over seeds; DIR/plots/ the learning curves, a summary bar chart and the gradient norm through
+time.
 
 Vmapped seeds (`vmap_seeds=True`): each seed keeps its own params, optimizer state, dropout
 key AND its own data (its task is loaded with its own seed, so its train order, and for
