@@ -155,12 +155,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   shared.update({k: v for k, v in config.items() if k not in LM_FIELDS})
   config_lib.validate(shared)
   for field in LM_FIELDS:
-    value = config.get(field, 0)
-    if (isinstance(value, bool) or not isinstance(value, int) or value < 0
-        or (field.endswith("window") and value < 1)):
-      raise ValueError(f"config.{field}={value!r}: use an integer >= "
-                       f"{1 if field.endswith('window') else 0}"
-                       f"{'' if field.endswith('window') else ' (0 = no limit)'}.")
+    value, minimum = config.get(field, 0), 1 if field.endswith("window") else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      raise ValueError(f"config.{field}={value!r}: use an integer >= {minimum}"
+                       f"{'' if minimum else ' (0 = no limit)'}.")
 
 
 def train_lm(config: ml_collections.ConfigDict, workdir: str,
