@@ -1,7 +1,8 @@
-"""The LSTM's one-matmul projection ([x, h] @ [w_x; w_h]) against the two-matmul reference.
+"""The LSTM's per-gate projection against the textbook fused one.
 
-`cells.joint_projection` is a speed path (see its docstring): it must give the same values and
-the same gradients as x @ w_x + h @ w_h, for every LSTM variant, through a whole scan.
+`cells.gate_projections` is a speed path (see its docstring): it must give the same values and
+the same gradients as splitting x @ w_x + h @ w_h + b, for every LSTM variant, through a whole
+scan.
 """
 
 import dataclasses
@@ -16,31 +17,41 @@ from rnn_jax import cells, recurrent
 TOL = dict(rtol=2e-5, atol=2e-6)
 
 
-def _two_matmul_lstm(cell: cells.Cell) -> cells.Cell:
-  """`cell` with joint_projection replaced by the textbook x @ w_x + h @ w_h."""
+def _textbook_projections(x, h, params, num_gates):
+  return jnp.split(x @ params["w_x"] + h @ params["w_h"] + params["b"], num_gates, axis=-1)
+
+
+def _textbook_lstm(cell: cells.Cell) -> cells.Cell:
+  """`cell` with gate_projections replaced by the split of the fused product."""
   def step(params, carry, x):
-    original = cells.joint_projection
-    cells.joint_projection = lambda x, h, p: x @ p["w_x"] + h @ p["w_h"]
+    original = cells.gate_projections
+    cells.gate_projections = _textbook_projections
     try:
       return cell.step(params, carry, x)
     finally:
-      cells.joint_projection = original
+      cells.gate_projections = original
   return dataclasses.replace(cell, step=step)
 
 
-def test_joint_projection_matches_two_matmuls():
-  kx, kh, kp = jax.random.split(jax.random.PRNGKey(0), 3)
+@pytest.mark.parametrize("num_gates", [3, 4])
+def test_gate_projections_match_the_fused_product(num_gates):
+  kx, kh, kp, kb = jax.random.split(jax.random.PRNGKey(0), 4)
   x, h = jax.random.normal(kx, (5, 7)), jax.random.normal(kh, (5, 3))
-  params = cells.get("lstm").init(kp, 7, 3)
-  np.testing.assert_allclose(cells.joint_projection(x, h, params),
-                             x @ params["w_x"] + h @ params["w_h"], **TOL)
+  params = cells.get("lstm", cifg=num_gates == 3).init(kp, 7, 3)
+  params["b"] = jax.random.normal(kb, params["b"].shape)
+  fast = cells.gate_projections(x, h, params, num_gates)
+  reference = _textbook_projections(x, h, params, num_gates)
+  assert len(fast) == num_gates
+  for a, b in zip(fast, reference):
+    assert a.shape == (5, 3)
+    np.testing.assert_allclose(a, b, **TOL)
 
 
 @pytest.mark.parametrize("options", [{}, {"peephole": True}, {"cifg": True},
                                      {"peephole": True, "cifg": True}])
 def test_lstm_scan_values_and_gradients(options):
   cell = cells.get("lstm", **options)
-  reference = _two_matmul_lstm(cell)
+  reference = _textbook_lstm(cell)
   kp, kx, kc = jax.random.split(jax.random.PRNGKey(1), 3)
   params = cell.init(kp, 6, 8)
   params["b"] = params["b"] + 0.1 * jax.random.normal(kc, params["b"].shape)
