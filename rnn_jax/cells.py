@@ -189,8 +189,8 @@ def gate_projections(x: jax.Array, h: jax.Array, params: Params,
   matmuls per gate on column blocks of the fused weights. On CPU this made the row-MNIST LSTM
   training step (hidden 128, four 128-column blocks) 15-25% faster than one fused product,
   whether that was x @ w_x + h @ w_h or the single [x, h] @ [w_x; w_h]; at hidden 64 it made
-  no difference. A profile of the step shows the four independent products running at the
-  same time on the CPU's cores (XLA runs independent ops concurrently).
+  no difference. A profile of the step shows independent per-gate products running at the
+  same time on both cores for part of the step (XLA runs independent ops concurrently).
   The column split of the weights does not depend on the step, so XLA hoists it out of the
   scan's loop (the backward pass still joins the per-gate weight gradients at every step).
   """
