@@ -408,7 +408,7 @@ def config_compile_times() -> str:
         steps, seconds = _compile_config(point)
         cpu = time.process_time() - cpu_start
         lines.append(f"| {label} | {point.cell} x{point.num_layers}"
-                     f"{' bi' if point.bidirectional else ''} | {steps} | {seconds:.2f} | "
+                     f"{' bi' if point.get('bidirectional') else ''} | {steps} | {seconds:.2f} | "
                      f"{cpu:.2f} |")
       except Exception as error:  # Report and go on: one odd config must not hide the rest.
         lines.append(f"| {label} | - | - | skipped: {type(error).__name__}: {error} | - |")
@@ -418,8 +418,17 @@ def config_compile_times() -> str:
 def _compile_config(config) -> tuple[int, float]:
   import jax
   import numpy as np
-  from rnn_jax import train
+  from rnn_jax import lm, train
   batch_size = config.batch_size
+  if "window" in config:  # A language model (rnn_jax/lm.py): its step on one window.
+    model = lm.build_model(config)
+    tx, _ = train.build_optimizer(config, 10_000)
+    state = train.create_train_state(model, tx, config.seed)
+    tokens = np.ones((batch_size, config.window), np.int32)
+    start = time.perf_counter()
+    lm.jit_step(model, tx).lower(state, lm.zero_carries(model, batch_size), tokens,
+                                 tokens).compile()
+    return config.window, time.perf_counter() - start
   if config.dataset in ("mnist", "fashion_mnist"):
     steps, features = (28, 28) if config.sequence == "rows" else (784, 1)
     batch = {"inputs": np.zeros((batch_size, steps, features), np.float32),
@@ -478,13 +487,15 @@ def main() -> None:
   rounds = args.rounds or (5 if args.quick else 15)
   steps = args.steps or (5 if args.quick else 20)
   results = {}
-  for shape in args.shapes.split(","):
+  for shape in filter(None, args.shapes.split(",")):  # --shapes= : compile times only.
     print(f"{shape} ...", file=sys.stderr, flush=True)
     results[shape] = bench_shape(shape, frameworks, rounds, steps)
-  report = [table(results, frameworks)]
-  load = os.getloadavg()
-  report.append(f"\n{rounds} interleaved rounds of {steps} steps per framework, medians; "
-                f"load average at the end {load[0]:.2f} on {os.cpu_count()} CPUs.")
+  report = []
+  if results:
+    report.append(table(results, frameworks))
+    load = os.getloadavg()
+    report.append(f"\n{rounds} interleaved rounds of {steps} steps per framework, medians; "
+                  f"load average at the end {load[0]:.2f} on {os.cpu_count()} CPUs.")
   report.extend(notes)
   if args.long:
     report.append("\n" + long_sequences(args.quick))

@@ -237,8 +237,10 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
   num_params = models.num_params(states[0].params)
 
   step_fn = jax.jit(jax.vmap(functools.partial(train.train_step, model=model, tx=tx,
-                                               schedule=schedule)), donate_argnums=0)
-  eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, model=model)))
+                                               schedule=schedule)), donate_argnums=0,
+                    compiler_options=train.compiler_options())
+  eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, model=model)),
+                    compiler_options=train.compiler_options())
   state = jax.device_put(_stack(states))
   can_pad = config.padding == "post"
   first = stack_batches([next(t.train_batches(0)) for t in tasks], can_pad=can_pad)

@@ -127,6 +127,12 @@ def lm_step(state: train.TrainState, carries, x, y, *, model, tx):
   return state, finals, loss
 
 
+def jit_step(model: models.SequenceModel, tx: optax.GradientTransformation):
+  """`lm_step` for this model and optimizer, jitted (the state's buffers donated)."""
+  return jax.jit(functools.partial(lm_step, model=model, tx=tx), donate_argnums=0,
+                 compiler_options=train.compiler_options())
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_window(model, params, carries, x, y):
   return _loss(model, params, carries, x, y, None)
@@ -191,7 +197,7 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str,
   if restored is not None:
     state = restored[0]
   first_step = int(state.step)
-  step_fn = jax.jit(functools.partial(lm_step, model=model, tx=tx), donate_argnums=0)
+  step_fn = jit_step(model, tx)
   carries = zero_carries(model, config.batch_size)
   compile_start = time.perf_counter()
   compiled = step_fn.lower(state, carries, rows[:, :k], rows[:, 1:k + 1]).compile()

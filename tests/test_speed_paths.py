@@ -70,3 +70,35 @@ def test_lstm_scan_values_and_gradients(options):
   np.testing.assert_allclose(fast_ys, ref_ys, **TOL)
   for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(a, b, **TOL)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cpu_compiler_options_leave_the_update_unchanged(cell):
+  """`train.compiler_options()` (-O1 on CPU) is a compile-time speed path: the same update.
+
+  Not bit for bit: LLVM at -O1 rounds some elementwise math differently in the last place.
+  """
+  import functools
+
+  import optax
+
+  from rnn_jax import models, train
+  options = train.compiler_options()
+  assert options == {"xla_backend_optimization_level": 1}  # The tests run on CPU.
+  model = models.SequenceModel(cell=cell, input_kind="tokens", input_size=50, embed_size=8,
+                               hidden_size=16, num_outputs=2, dropout_rate=0.2)
+  tx = optax.adam(1e-2)
+  step = functools.partial(train.train_step, model=model, tx=tx)
+  k_in, k_len = jax.random.split(jax.random.PRNGKey(3))
+  batch = {"inputs": jax.random.randint(k_in, (8, 12), 1, 50),
+           "labels": jnp.arange(8) % 2,
+           "lengths": jax.random.randint(k_len, (8,), 1, 13)}
+  states = {}
+  for name, jitted in (("default", jax.jit(step)),
+                       ("options", jax.jit(step, compiler_options=options))):
+    state = train.create_train_state(model, tx, seed=0)
+    for _ in range(3):
+      state, metrics = jitted(state, batch)
+    states[name] = (state, metrics)
+  for a, b in zip(jax.tree.leaves(states["default"]), jax.tree.leaves(states["options"])):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
