@@ -243,6 +243,37 @@ def irnn(recurrent_scale: float = 1.0) -> Cell:
   return dataclasses.replace(cell, name="irnn", options=(("recurrent_scale", recurrent_scale),))
 
 
+@jax.custom_jvp
+def lstm_pointwise(z_i: jax.Array, z_f: jax.Array, z_g: jax.Array, z_o: jax.Array,
+                   c: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The LSTM's elementwise part, (h', c'), all [batch, hidden]:
+
+      c' = sigmoid(z_f) * c + sigmoid(z_i) * tanh(z_g)        h' = sigmoid(z_o) * tanh(c')
+
+  Its derivative is written out (`_lstm_pointwise_jvp`) as six per-step coefficients, which
+  are all that reverse mode then stores for the backward pass. Autodiff of the expression
+  stored twelve per step (several of them twice), and the LSTM training step at the IMDB
+  shape (80 steps, hidden 64) ran ~20% slower for it. A custom JVP rather than a custom VJP,
+  so forward mode and higher derivatives still work.
+  """
+  c = jax.nn.sigmoid(z_f) * c + jax.nn.sigmoid(z_i) * jnp.tanh(z_g)
+  return jax.nn.sigmoid(z_o) * jnp.tanh(c), c
+
+
+@lstm_pointwise.defjvp
+def _lstm_pointwise_jvp(primals, tangents):
+  z_i, z_f, z_g, z_o, c = primals
+  dz_i, dz_f, dz_g, dz_o, dc = tangents
+  i, f, g, o = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jnp.tanh(z_g), jax.nn.sigmoid(z_o)
+  new_c = f * c + i * g
+  tanh_c = jnp.tanh(new_c)
+  # sigmoid' = s (1 - s), tanh' = 1 - tanh^2.
+  d_new_c = (f * dc + (c * f * (1 - f)) * dz_f + (g * i * (1 - i)) * dz_i
+             + (i * (1 - g * g)) * dz_g)
+  d_h = (o * (1 - tanh_c * tanh_c)) * d_new_c + (tanh_c * o * (1 - o)) * dz_o
+  return (o * tanh_c, new_c), (d_h, d_new_c)
+
+
 @register("lstm")
 def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
          recurrent_init: str = "orthogonal", chrono_init: int = 0) -> Cell:
@@ -288,6 +319,9 @@ def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
     h, c = carry
     h_in = h if h_mask is None else h * h_mask
     z = dict(zip(gates, gate_projections(x, h_in, params, num_gates)))
+    if not (peephole or cifg):  # The common LSTM, with its derivative written out.
+      h, c = lstm_pointwise(z["i"], z["f"], z["g"], z["o"], c)
+      return (h, c), h
     f_pre = z["f"] + params["w_cf"] * c if peephole else z["f"]
     f = jax.nn.sigmoid(f_pre)
     if cifg:
