@@ -1,6 +1,6 @@
 """Training-step speed of rnn_jax against flax.linen and PyTorch on the same shapes.
 
-  python -m benchmarks.speed [--quick] [--out table.md] [--long] [--configs]
+  python -m benchmarks.speed [--quick] [--repeats N] [--out table.md] [--long] [--configs]
 
 One training step = forward + backward + Adam update, float32, on a fixed random batch. Each
 framework runs in its own subprocess (one framework per process: no shared thread pools or
@@ -306,24 +306,35 @@ def bench_shape(shape: str, frameworks, rounds: int, steps: int) -> dict:
       worker.close()
 
 
+def _ratio(repeats: list[dict], other: str, framework: str) -> str:
+  """Median over repeats of (other's time / this one's), with the range when repeated."""
+  if other not in repeats[0]:
+    return "n/a"
+  if other == framework:
+    return "1.00x"
+  ratios = sorted(r[other]["ms"] / r[framework]["ms"] for r in repeats)
+  text = f"{statistics.median(ratios):.2f}x"
+  return text + (f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else "")
+
+
 def table(results: dict, frameworks) -> str:
-  peak = max(r[f]["peak"] for r in results.values() for f in frameworks)
+  """results: shape -> one `bench_shape` result per repeat."""
+  peak = max(r[f]["peak"] for repeats in results.values() for r in repeats for f in frameworks)
   lines = ["| shape | framework | examples/s | ms/step | vs PyTorch | vs flax | % of matmul peak "
            "| compile s | XLA temp MiB | peak RSS MiB |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-  for shape, result in results.items():
+  for shape, repeats in results.items():
     batch = SHAPES[shape][-1]
     flops = step_flops(shape)
     for f in frameworks:
-      r = result[f]
-      ms = r["ms"]
-      vs_torch = f"{result['torch']['ms'] / ms:.2f}x" if "torch" in result else "n/a"
-      vs_flax = f"{result['flax']['ms'] / ms:.2f}x" if "flax" in result else "n/a"
-      compile_s = f"{r['compile_s']:.2f}" + (" (1st step)" if f == "torch" else "")
-      temp = f"{r['temp_mib']:.1f}" if r.get("temp_mib") is not None else "-"
-      lines.append(f"| {shape} | {f} | {1e3 * batch / ms:,.0f} | {ms:.2f} | {vs_torch} | "
-                   f"{vs_flax} | {100 * flops / (ms / 1e3) / (peak * 1e9):.1f}% | {compile_s} | "
-                   f"{temp} | {r['rss_mib']:.0f} |")
+      median = lambda key: statistics.median(r[f][key] for r in repeats)
+      ms = median("ms")
+      compile_s = f"{median('compile_s'):.2f}" + (" (1st step)" if f == "torch" else "")
+      temp = f"{repeats[0][f]['temp_mib']:.1f}" if repeats[0][f].get("temp_mib") is not None else "-"
+      lines.append(f"| {shape} | {f} | {1e3 * batch / ms:,.0f} | {ms:.2f} | "
+                   f"{_ratio(repeats, 'torch', f)} | {_ratio(repeats, 'flax', f)} | "
+                   f"{100 * flops / (ms / 1e3) / (peak * 1e9):.1f}% | {compile_s} | "
+                   f"{temp} | {max(r[f]['rss_mib'] for r in repeats):.0f} |")
   lines.append("")
   lines.append("compile s: XLA compile of the step (lower + compile); for PyTorch, which is eager, "
                "the first step. XLA temp: `compiled.memory_analysis()` temp bytes. Peak RSS: "
@@ -331,6 +342,9 @@ def table(results: dict, frameworks) -> str:
   lines.append(f"Matmul peak (best of jnp.dot / torch.mm, {PEAK_N}^3 float32, same run): "
                f"{peak:.0f} GFLOP/s. Ratios: time of the other framework / time of this one "
                "(> 1: this one is faster).")
+  if len(next(iter(results.values()))) > 1:
+    lines.append("With --repeats: ms/step and compile s are medians over the repeats, ratios "
+                 "the median of the per-repeat ratios (lowest-highest in brackets).")
   return "\n".join(lines)
 
 
@@ -469,6 +483,9 @@ def main() -> None:
   parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))
   parser.add_argument("--rounds", type=int, default=None)
   parser.add_argument("--steps", type=int, default=None, help="Steps per timed round.")
+  parser.add_argument("--repeats", type=int, default=1,
+                      help="Run every shape this many times with fresh workers (the machine's "
+                           "speed drifts over minutes); report medians and ranges.")
   parser.add_argument("--long", action="store_true", help="Add the sequential-MNIST section.")
   parser.add_argument("--configs", action="store_true", help="Add compile times per config.")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -487,14 +504,16 @@ def main() -> None:
   rounds = args.rounds or (5 if args.quick else 15)
   steps = args.steps or (5 if args.quick else 20)
   results = {}
-  for shape in filter(None, args.shapes.split(",")):  # --shapes= : compile times only.
-    print(f"{shape} ...", file=sys.stderr, flush=True)
-    results[shape] = bench_shape(shape, frameworks, rounds, steps)
+  for repeat in range(args.repeats):
+    for shape in filter(None, args.shapes.split(",")):  # --shapes= : compile times only.
+      print(f"{shape} ({repeat + 1}/{args.repeats}) ...", file=sys.stderr, flush=True)
+      results.setdefault(shape, []).append(bench_shape(shape, frameworks, rounds, steps))
   report = []
   if results:
     report.append(table(results, frameworks))
     load = os.getloadavg()
-    report.append(f"\n{rounds} interleaved rounds of {steps} steps per framework, medians; "
+    report.append(f"\n{rounds} interleaved rounds of {steps} steps per framework, medians"
+                  f"{f', {args.repeats} repeats' if args.repeats > 1 else ''}; "
                   f"load average at the end {load[0]:.2f} on {os.cpu_count()} CPUs.")
   report.extend(notes)
   if args.long:
