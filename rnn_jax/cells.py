@@ -21,6 +21,7 @@ in this file (or anywhere) and decorate it with `@register("name")`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -45,6 +46,9 @@ class Cell:
       only (variational recurrent dropout), never the state that is carried on: a GRU's
       z * h must see the unmasked h, or the state is rescaled by 1/(1-p) at every step.
     options: the options the cell was built with (for logs and summaries).
+    prepare: params -> params in the form `step` reads fastest, which `step` also accepts;
+      `recurrent.scan` calls it once per sequence, outside the loop over time (the LSTM
+      splits its fused matrices into per-gate blocks here). None: params as they are.
   """
   name: str
   num_gates: int
@@ -52,6 +56,7 @@ class Cell:
   init: Callable[[jax.Array, int, int], Params]
   step: Callable[[Params, Carry, jax.Array], tuple[Carry, jax.Array]]
   options: tuple[tuple[str, Any], ...] = ()
+  prepare: Callable[[Params], Params] | None = None
 
   def zero_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Carry:
     """The all-zeros initial carry: [batch, hidden], or a tuple of them."""
@@ -181,6 +186,12 @@ def chrono_bias(key: jax.Array, hidden_size: int, max_horizon: int) -> jax.Array
 
 # ----------------------------------------------------------------------------- cells
 
+def split_gates(params: Params, num_gates: int) -> Params:
+  """`params` with `w_x`, `w_h` and `b` as tuples of their G per-gate column blocks."""
+  return {**params, **{name: tuple(jnp.split(params[name], num_gates, axis=-1))
+                       for name in ("w_x", "w_h", "b")}}
+
+
 def gate_projections(x: jax.Array, h: jax.Array, params: Params,
                      num_gates: int) -> list[jax.Array]:
   """The G gate blocks of x @ w_x + h @ w_h + b, each [batch, hidden], one gate at a time.
@@ -191,13 +202,15 @@ def gate_projections(x: jax.Array, h: jax.Array, params: Params,
   whether that was x @ w_x + h @ w_h or the single [x, h] @ [w_x; w_h]; at hidden 64 it made
   no difference. A profile of the step shows independent per-gate products running at the
   same time on both cores for part of the step (XLA runs independent ops concurrently).
-  The column split of the weights does not depend on the step, so XLA hoists it out of the
-  scan's loop (the backward pass still joins the per-gate weight gradients at every step).
+
+  `params` raw or already through `split_gates`. Split inside the scan's loop, the backward
+  pass would join the per-gate weight gradients at every step; `recurrent.scan` therefore
+  splits once per sequence (`Cell.prepare`): 3-12% faster row-MNIST steps in four A/B runs.
   """
-  w_x = jnp.split(params["w_x"], num_gates, axis=-1)
-  w_h = jnp.split(params["w_h"], num_gates, axis=-1)
-  b = jnp.split(params["b"], num_gates, axis=-1)
-  return [x @ wx + h @ wh + bk for wx, wh, bk in zip(w_x, w_h, b)]
+  if not isinstance(params["w_x"], tuple):
+    params = split_gates(params, num_gates)
+  return [x @ w_x + h @ w_h + b
+          for w_x, w_h, b in zip(params["w_x"], params["w_h"], params["b"])]
 
 
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
@@ -268,7 +281,6 @@ def _lstm_pointwise_jvp(primals, tangents):
   i, f, g, o = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jnp.tanh(z_g), jax.nn.sigmoid(z_o)
   new_c = f * c + i * g
   tanh_c = jnp.tanh(new_c)
-  # sigmoid' = s (1 - s), tanh' = 1 - tanh^2.
   d_new_c = (f * dc + (c * f * (1 - f)) * dz_f + (g * i * (1 - i)) * dz_i
              + (i * (1 - g * g)) * dz_g)
   d_h = (o * (1 - tanh_c * tanh_c)) * d_new_c + (tanh_c * o * (1 - o)) * dz_o
@@ -336,7 +348,8 @@ def lstm(forget_bias: float = 1.0, peephole: bool = False, cifg: bool = False,
 
   return Cell("lstm", num_gates, 2, init, step,
               (("forget_bias", forget_bias), ("peephole", peephole), ("cifg", cifg),
-               ("recurrent_init", recurrent_init), ("chrono_init", chrono_init)))
+               ("recurrent_init", recurrent_init), ("chrono_init", chrono_init)),
+              prepare=functools.partial(split_gates, num_gates=num_gates))
 
 
 @register("gru")

@@ -94,6 +94,8 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
   if reverse:
     xs = reverse_padded(xs, lengths)
   cuts = truncation_cuts(time, truncation, lengths)
+  if cell.prepare is not None:  # Once per sequence, not once per step inside the loop.
+    params = cell.prepare(params)
 
   def body(carry, inputs):
     x_t, t, cut_t, probe_t = inputs

@@ -24,7 +24,7 @@ def _textbook_projections(x, h, params, num_gates):
 
 
 def _textbook_lstm(cell: cells.Cell) -> cells.Cell:
-  """`cell` with gate_projections replaced by the split of the fused product."""
+  """`cell` with gate_projections replaced by the split of the fused product (raw params)."""
   def step(params, carry, x):
     original = cells.gate_projections
     cells.gate_projections = _textbook_projections
@@ -32,7 +32,7 @@ def _textbook_lstm(cell: cells.Cell) -> cells.Cell:
       return cell.step(params, carry, x)
     finally:
       cells.gate_projections = original
-  return dataclasses.replace(cell, step=step)
+  return dataclasses.replace(cell, step=step, prepare=None)
 
 
 @pytest.mark.parametrize("num_gates", [3, 4])
@@ -147,3 +147,18 @@ def test_cpu_compiler_options_leave_the_update_unchanged(cell):
     states[name] = (state, metrics)
   for a, b in zip(jax.tree.leaves(states["default"]), jax.tree.leaves(states["options"])):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("options", [{}, {"peephole": True}, {"cifg": True}])
+def test_lstm_step_takes_raw_and_prepared_params_alike(options):
+  """`Cell.prepare` (per-gate blocks, split once per sequence) changes nothing but speed."""
+  cell = cells.get("lstm", **options)
+  kp, kx, kh = jax.random.split(jax.random.PRNGKey(5), 3)
+  params = cell.init(kp, 6, 8)
+  prepared = cell.prepare(params)
+  assert isinstance(prepared["w_h"], tuple) and len(prepared["w_h"]) == cell.num_gates
+  carry = (jax.random.normal(kh, (4, 8)), jax.random.normal(kx, (4, 8)))
+  x = jax.random.normal(kx, (4, 6))
+  for a, b in zip(jax.tree.leaves(cell.step(params, carry, x)),
+                  jax.tree.leaves(cell.step(prepared, carry, x))):
+    np.testing.assert_array_equal(a, b)
