@@ -344,7 +344,9 @@ def table(results: dict, frameworks) -> str:
                "(> 1: this one is faster).")
   if len(next(iter(results.values()))) > 1:
     lines.append("With --repeats: ms/step and compile s are medians over the repeats, ratios "
-                 "the median of the per-repeat ratios (lowest-highest in brackets).")
+                 "the median of the per-repeat ratios (lowest-highest in brackets), the matmul "
+                 "peak and peak RSS the highest, XLA temp from the first repeat (it is the "
+                 "same compiled step each time).")
   return "\n".join(lines)
 
 
