@@ -236,11 +236,12 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
   first_step = steps.pop()
   num_params = models.num_params(states[0].params)
 
+  options = train.compiler_options()
   step_fn = jax.jit(jax.vmap(functools.partial(train.train_step, model=model, tx=tx,
                                                schedule=schedule)), donate_argnums=0,
-                    compiler_options=train.compiler_options())
+                    compiler_options=options)
   eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, model=model)),
-                    compiler_options=train.compiler_options())
+                    compiler_options=options)
   state = jax.device_put(_stack(states))
   can_pad = config.padding == "post"
   first = stack_batches([next(t.train_batches(0)) for t in tasks], can_pad=can_pad)
