@@ -8,7 +8,8 @@ for every t from ONE backward pass. It is the gradient that training actually us
 truncated BPTT (model.truncation) the cut paths carry nothing.
 
 Norm convention: for each step t, the L2 norm over the hidden units of each example's
-dL/dh_t, averaged over the examples of the batch (padding rows, mask 0, excluded). The loss is
+dL/dh_t, averaged over the examples of the batch (padding rows, mask 0, excluded). Right-padded
+sequences are aligned by their own last real step, and padded steps are never counted. The loss is
 the batch MEAN loss, as in training, so the values scale like 1 / batch size. With
 state="carry" the norm is over the whole carry: for the LSTM both h_t and c_t. That is the one
 to compare cells by: an LSTM keeps its memory in c, and with a shut input gate (chrono init)
@@ -88,7 +89,10 @@ def gradient_norm_through_time(model: models.SequenceModel, params: dict[str, An
   """||dL/dh_t|| for every step t: [time] for the top layer, or [layers, time] with per_layer.
 
   The norm is taken over the hidden units of each example and averaged over the batch (mask
-  respected); see the module docstring. `direction` "bwd" reads a bidirectional model's
+  respected); see the module docstring. With `lengths` in the batch each sequence is aligned
+  to its own end before averaging: entry T-1-j holds the gradient j steps before each
+  sequence's last real step, over the sequences that long (0 where none is), so a padded
+  batch gives what its sequences give unpadded. `direction` "bwd" reads a bidirectional model's
   backward direction (in its processing order). `state` "h" (h is carry[0] for the LSTM) or
   "carry": ||dL/dcarry_t|| over every part of the carry (h and c for the LSTM).
   """
@@ -96,6 +100,7 @@ def gradient_norm_through_time(model: models.SequenceModel, params: dict[str, An
     raise ValueError(f"state={state!r}: use 'h' (dL/dh_t) or 'carry' (h and, for the LSTM, c).")
   grads = carry_gradients(model, params, batch, loss_fn=loss_fn)
   weights = _weights(batch)
+  lengths = batch.get("lengths")
   norms = []
   for layer in grads:
     if isinstance(layer, dict):
@@ -106,10 +111,28 @@ def gradient_norm_through_time(model: models.SequenceModel, params: dict[str, An
       raise ValueError(f"direction={direction!r} needs a bidirectional model; use 'fwd'.")
     parts = [cells.hidden_of(layer)] if state == "h" else jax.tree.leaves(layer)
     squares = sum(jnp.sum(jnp.square(d), axis=-1) for d in parts)  # d: [time, batch, hidden]
-    per_example = jnp.sqrt(squares)  # [time, batch]
-    norms.append(per_example @ weights / jnp.maximum(jnp.sum(weights), 1.0))
+    per_example = jnp.sqrt(squares)  # [time, batch], in processing order
+    norms.append(_mean_aligned_to_end(per_example, weights, lengths))
   norms = jnp.stack(norms)
   return norms if per_layer else norms[-1]
+
+
+def _mean_aligned_to_end(per_example: jax.Array, weights: jax.Array,
+                         lengths: jax.Array | None) -> jax.Array:
+  """[time, batch] per-example norms -> [time], each sequence aligned to its own end.
+
+  Entry T-1-j is the weighted mean over the sequences with a real step j steps before their
+  last one (padding is never counted); an entry no sequence reaches is 0. Without lengths
+  every sequence ends at T-1 and this is the plain weighted mean.
+  """
+  time = per_example.shape[0]
+  if lengths is None:
+    return per_example @ weights / jnp.maximum(jnp.sum(weights), 1.0)
+  lengths = jnp.asarray(lengths, jnp.int32)
+  source = lengths[None, :] - time + jnp.arange(time)[:, None]  # [time, batch]
+  present = (source >= 0).astype(per_example.dtype) * weights[None, :]
+  aligned = jnp.take_along_axis(per_example, jnp.maximum(source, 0), axis=0)
+  return jnp.sum(aligned * present, axis=1) / jnp.maximum(jnp.sum(present, axis=1), 1.0)
 
 
 def memory_horizon(grad_norms, fraction: float = 0.01) -> int:

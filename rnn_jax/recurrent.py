@@ -38,9 +38,10 @@ def truncation_cuts(time: int, truncation: int | None,
                     lengths: jax.Array | None = None) -> jax.Array | None:
   """Where truncated BPTT stops the gradient: bool [time] or [time, batch], or None for none.
 
-  A cut before step t (t > 0) when (length - t) % k == 0: windows of k steps aligned to the
-  end of each sequence, so the last step's loss reaches back exactly k steps and every step's
-  loss back to the start of its window.
+  A cut before step t when 0 < t < length and (length - t) % k == 0: windows of k steps
+  aligned to the end of each sequence, so the last step's loss reaches back exactly k steps
+  and every step's loss back to the start of its window. Cuts lie only inside a sequence's
+  real steps: a cut in its padding would stop the gradient of the frozen final carry.
   """
   if truncation is None or truncation >= time:
     return None
@@ -49,7 +50,8 @@ def truncation_cuts(time: int, truncation: int | None,
   t = jnp.arange(time)
   if lengths is None:
     return (t > 0) & ((time - t) % truncation == 0)
-  return (t[:, None] > 0) & ((lengths[None, :] - t[:, None]) % truncation == 0)
+  t, lengths = t[:, None], lengths[None, :]
+  return (t > 0) & (t < lengths) & ((lengths - t) % truncation == 0)
 
 
 def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, *,
@@ -81,7 +83,8 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
     probes: a carry-shaped pytree of [time, batch, hidden] arrays added to the carry after each
       step (its h part also to the step's output, which is h). Pass zeros and differentiate
       with respect to them to get dL/d carry_t for every t in one backward pass (see
-      `rnn_jax.diagnostics`). Time-major, in processing order.
+      `rnn_jax.diagnostics`). Time-major, in processing order. Only a sequence's real steps
+      are probed: past its length a probe is ignored (its gradient is 0).
 
   Returns:
     final_carry, and ys [batch, time, hidden].
@@ -106,17 +109,15 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
       new_carry, y = cell.step(params, carry, x_t)
     else:  # The cell masks h where it enters its matmuls, not the carried state.
       new_carry, y = cell.step(params, carry, x_t, h_mask=recurrent_mask)
+    if probe_t is not None:  # Before the padding mask: a padded step's probe has no effect.
+      new_carry = jax.tree.map(jnp.add, new_carry, probe_t)
+      # The step's output is h as well: perturb it alike, so the probe's gradient also holds
+      # the paths through the output (next layer, per-step readouts), i.e. all of dL/dh_t.
+      y = y + cells_lib.hidden_of(probe_t)
     if lengths is not None:
       valid = (t < lengths)[:, None]
       new_carry = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new_carry, carry)
       y = jnp.where(valid, y, jnp.zeros_like(y))
-    if probe_t is not None:
-      new_carry = jax.tree.map(jnp.add, new_carry, probe_t)
-      # The step's output is h as well: perturb it alike, so the probe's gradient also holds
-      # the paths through the output (next layer, per-step readouts), i.e. all of dL/dh_t.
-      probe_h = cells_lib.hidden_of(probe_t)
-      y = y + (jnp.where(valid, probe_h, jnp.zeros_like(probe_h)) if lengths is not None
-               else probe_h)
     return new_carry, y
 
   if remat:
