@@ -105,7 +105,9 @@ class SequenceModel:
       xs = jnp.take(params["embed"], inputs, axis=0)
     else:
       xs = inputs
-    k_in, k_rnn = jax.random.split(key) if key is not None else (None, None)
+    k_in = k_rnn = None
+    if key is not None:  # Per-example keys: masks independent of the batch's split.
+      k_in, k_rnn = recurrent.split_keys(recurrent.example_keys(key, xs.shape[0]), 2)
     xs = recurrent.dropout(k_in, xs, self.dropout_rate,
                            shared_axes=(1,) if self.variational_dropout else ())
     return recurrent.run_layers(
@@ -123,10 +125,14 @@ class SequenceModel:
     Args:
       inputs: [batch, time, input_size] floats, or [batch, time] token ids.
       lengths: [batch] true lengths of right-padded sequences (None: all full length).
-      key: dropout key during training; None at evaluation (no dropout).
+      key: dropout key during training, or [batch] per-example keys (see
+        `recurrent.example_keys`); None at evaluation (no dropout).
       probes: see `rnn_jax.recurrent.run_layers` (gradient-through-time diagnostics).
     """
-    finals, ys = self.features(params, inputs, lengths, key=key, probes=probes)
+    k_features = k_readout = None
+    if key is not None:
+      k_features, k_readout = recurrent.split_keys(recurrent.example_keys(key, len(inputs)), 2)
+    finals, ys = self.features(params, inputs, lengths, key=k_features, probes=probes)
     if self.readout == "last":
       top = finals[-1]
       if self.bidirectional:
@@ -136,8 +142,7 @@ class SequenceModel:
         pooled = cells.hidden_of(top)
       # The top layer's output dropout applies to `ys`; apply the same treatment to the read
       # out state so "last" and "mean" see the same regularisation.
-      if key is not None and self.dropout_rate > 0.0:
-        pooled = recurrent.dropout(jax.random.fold_in(key, 1), pooled, self.dropout_rate)
+      pooled = recurrent.dropout(k_readout, pooled, self.dropout_rate)
     elif self.readout == "mean":
       if lengths is None:
         pooled = ys.mean(axis=1)

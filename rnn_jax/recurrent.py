@@ -132,18 +132,52 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
 
 # ----------------------------------------------------------------------------- dropout
 
+def example_keys(key: jax.Array, batch_size: int, offset: jax.Array | int = 0) -> jax.Array:
+  """One PRNG key per example, [batch]: example i of the batch gets fold_in(key, offset + i).
+
+  Dropout draws every example's masks from its own key, so a mask depends on the example's
+  index in the global batch and not on how the batch is split: a device holding rows
+  [offset, offset + batch_size) of it (pmap) draws exactly what one device holding the whole
+  batch draws for those rows. A [batch] array of keys (already one per example) is returned
+  as it is. Keys may be typed (`jax.random.key`) or raw uint32 (`jax.random.PRNGKey`).
+  """
+  if _is_per_example(key):
+    if key.shape[0] != batch_size:
+      raise ValueError(f"Got {key.shape[0]} per-example keys for a batch of {batch_size}.")
+    return key
+  index = jnp.asarray(offset, jnp.uint32) + jnp.arange(batch_size, dtype=jnp.uint32)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+
+
+def split_keys(keys: jax.Array, num: int) -> list[jax.Array]:
+  """[batch] per-example keys -> `num` independent [batch] per-example keys."""
+  split = jax.vmap(lambda k: jax.random.split(k, num))(keys)  # [batch, num, ...]
+  return [split[:, i] for i in range(num)]
+
+
+def _is_per_example(key: jax.Array) -> bool:
+  typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  return key.ndim == (1 if typed else 2)
+
+
 def dropout(key: jax.Array | None, x: jax.Array, rate: float, *,
             shared_axes: Sequence[int] = ()) -> jax.Array:
-  """Inverted dropout. `shared_axes` share one mask along them (e.g. time, for variational).
+  """Inverted dropout on x [batch, ...]. `shared_axes` (of x, > 0) share one mask along them
+  (e.g. time, for variational dropout).
 
-  With `rate == 0` or `key is None` (evaluation) this is the identity.
+  `key`: one key, or [batch] per-example keys (see `example_keys`); either way each example's
+  mask comes from its own key, so it does not depend on the rest of the batch. With
+  `rate == 0` or `key is None` (evaluation) this is the identity.
   """
   if key is None or rate == 0.0:
     return x
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"dropout rate must be in [0, 1), got {rate}.")
-  mask_shape = tuple(1 if axis in shared_axes else n for axis, n in enumerate(x.shape))
-  keep = jax.random.bernoulli(key, 1.0 - rate, mask_shape)
+  if 0 in shared_axes:
+    raise ValueError("dropout masks are per example: axis 0 (batch) cannot be shared.")
+  keys = example_keys(key, x.shape[0])
+  mask_shape = tuple(1 if axis in shared_axes else n for axis, n in enumerate(x.shape))[1:]
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, mask_shape))(keys)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
@@ -179,7 +213,8 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
     lengths: [batch] for right-padded sequences (see `scan`).
     initial_carries: per layer, a carry (unidirectional) or {"fwd": carry, "bwd": carry};
       None for zeros.
-    key: PRNG key for dropout; None means evaluation (no dropout at all).
+    key: PRNG key for dropout, or [batch] per-example keys (`example_keys`); None means
+      evaluation (no dropout at all).
     dropout_rate: dropout on each layer's output (so between layers and on the stack's output,
       like TF's `DropoutWrapper(output_keep_prob)` on every cell of a `MultiRNNCell`).
     recurrent_dropout_rate: variational dropout on h where it enters the recurrence; one mask per
@@ -194,12 +229,13 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
   """
   batch = xs.shape[0]
   finals = []
-  keys = (jax.random.split(key, len(layers)) if key is not None else [None] * len(layers))
+  keys = ([None] * len(layers) if key is None
+          else split_keys(example_keys(key, batch), len(layers)))
   for index, (layer, layer_key) in enumerate(zip(layers, keys)):
     init = initial_carries[index] if initial_carries is not None else None
     probe = probes[index] if probes is not None else None
     directions = ("fwd", "bwd") if "bwd" in layer else ("fwd",)
-    dir_keys = (jax.random.split(layer_key, 3) if layer_key is not None else [None] * 3)
+    dir_keys = split_keys(layer_key, 3) if layer_key is not None else [None] * 3
     outputs, layer_final = [], {}
     for direction, dir_key in zip(directions, dir_keys[:2]):
       params = layer[direction]
