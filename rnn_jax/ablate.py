@@ -8,9 +8,12 @@ field -> values; dotted names reach into dicts, e.g. 'cell_options.forget_bias')
 Every (setting, seed) is a normal resumable run directory, DIR/<setting>/seed_<s>, holding what
 `train.train_and_evaluate` writes (config.json, metrics.jsonl, checkpoints/, summary.json,
 plots/) plus diagnostics.json (gradient norm through time, of the whole carry, of the final
-params on a fixed batch, and the memory horizon). Running the command again skips runs whose
-summary.json exists (recomputing diagnostics.json from the last checkpoint when an older
-version wrote it) and resumes the others. DIR/results.md and DIR/results.csv hold mean +- std
+params on a fixed batch, and the memory horizon). Running the command again skips finished
+runs (recomputing diagnostics.json from the last checkpoint when an older version wrote it)
+and resumes the others; a run trained with a different config is refused, naming the
+fields. To extend a finished sweep, raise its budget on the same workdir, e.g.
+`--config.base.num_epochs=20` (constant learning rate only): every run resumes from its last
+checkpoint and trains on, exactly as if it had been started with the larger budget. DIR/results.md and DIR/results.csv hold mean +- std
 over seeds; DIR/plots/ the learning curves, a summary bar chart and the gradient norm through
 time.
 
@@ -212,8 +215,8 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
   workdirs = [os.path.abspath(w) for w in workdirs]
   for c, w in zip(configs, workdirs):
     os.makedirs(w, exist_ok=True)
-    train._check_resume_compatible(w, c)
-    train._save_config(w, c)
+    train.check_resume_compatible(w, c)
+    train.save_config(w, c)
 
   tasks = [data.load(c, w) for c, w in zip(configs, workdirs)]
   if len({t.steps_per_epoch for t in tasks}) > 1:
@@ -278,25 +281,26 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
   for epoch in range(step // steps_per_epoch, config.num_epochs):
     epoch_start = time.perf_counter()
     start_in_epoch = step - epoch * steps_per_epoch
-    losses = [[] for _ in range(n)]
+    totals = None
     last = [{} for _ in range(n)]
     for batches in zip(*[t.train_batches(epoch, start_in_epoch) for t in tasks]):
       state, metrics = run_step(state, stack_batches(batches, can_pad=can_pad))
+      totals = train.add_step_metrics(totals, metrics)
       step += 1
       if step % config.log_every_steps == 0 or step % steps_per_epoch == 0:
         host = jax.device_get(metrics)
-        _check_finite(state, config)
+        train.check_finite(state, config, ckpts)
         examples = (step - epoch * steps_per_epoch - start_in_epoch) * config.batch_size
         rate = examples / (time.perf_counter() - epoch_start)
         for i in range(n):
           last[i] = {k: float(v[i]) for k, v in host.items()}
           last[i]["examples_per_s"] = rate
-          losses[i].append(last[i]["loss"])
           writers[i].write(step, last[i], kind="train")
       if diagnose is not None and step % config.diagnostics_every_steps == 0:
         for i, params in enumerate(_unstack(jax.device_get(state.params), n)):
           writers[i].write(step, diagnose[i](params), kind="diagnostics")
       if step % config.checkpoint_every_steps == 0:
+        train.check_finite(state, config, ckpts)  # Never save past a NaN.
         for ck, s in zip(ckpts, _unstack(jax.device_get(state), n)):
           ck.save(step, s)
     jax.block_until_ready(state)
@@ -305,10 +309,12 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
     train_examples += (steps_per_epoch - start_in_epoch) * config.batch_size
     do_eval = (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs
     val = evaluate(state.params, "validation") if do_eval else [{} for _ in range(n)]
+    train.check_finite(state, config, ckpts)
     host_states = _unstack(jax.device_get(state), n)
     for i in range(n):
       epoch_metrics[i] = {
-          "epoch": epoch + 1, "train_loss": float(np.mean(losses[i])) if losses[i] else None,
+          "epoch": epoch + 1, **train.epoch_train_means(
+              None if totals is None else jax.tree.map(lambda x, i=i: x[i], totals)),
           "last_batch_accuracy": last[i].get("accuracy"), "last_batch_loss": last[i].get("loss"),
           "epoch_time_s": epoch_time,
           "examples_per_s": (steps_per_epoch - start_in_epoch) * config.batch_size / epoch_time}
@@ -358,19 +364,6 @@ def final_nonfinite(state, i: int) -> int:
   return int(jax.device_get(state.nonfinite_steps)[i])
 
 
-def _check_finite(state, config) -> None:
-  """With nonfinite='stop', raises once any seed has had a NaN/Inf loss or gradient."""
-  if config.nonfinite != "stop":
-    return
-  counts, firsts = jax.device_get((state.nonfinite_steps, state.first_nonfinite_step))
-  bad = [i for i, c in enumerate(counts) if c > 0]
-  if bad:
-    raise train.NonFiniteLossError(
-        f"Loss or gradient became NaN/Inf for seed index {bad[0]} at step {firsts[bad[0]]}. "
-        "Lower the base config's learning_rate, set grad_clip_norm (e.g. 1.0), or set "
-        "nonfinite='skip'.")
-
-
 def train_one(config: ml_collections.ConfigDict, workdir: str, *, horizon_fraction: float = 0.01,
               diagnostics_examples: int = 256) -> dict[str, Any]:
   """`train.train_and_evaluate`, then the final diagnostics from the latest checkpoint."""
@@ -408,6 +401,23 @@ def _stale_diagnostics(workdir: str) -> bool:
 
 # ----------------------------------------------------------------------------- the sweep
 
+def _finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Whether `workdir` holds the finished run `config` stands for.
+
+  False for no run, or for a shorter run whose budget (num_epochs, or the LM's max_steps /
+  max_tokens) `config` raises: resuming it extends it. Raises ValueError, naming the fields,
+  when the run there was trained with another config (`train.check_resume_compatible`).
+  """
+  train.check_resume_compatible(workdir, config)
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    recorded = json.load(f)["config"]
+  wanted = json.loads(config.to_json_best_effort())
+  return all(recorded.get(k) == wanted.get(k) for k in config_lib.BUDGET_FIELDS)
+
+
 def run_dir(workdir: str, name: str, seed: int) -> str:
   return os.path.join(workdir, name, f"seed_{seed}")
 
@@ -424,7 +434,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
       for c in configs:
         c.hidden_size = hidden
     dirs = [run_dir(workdir, name, seed) for seed in sweep.seeds]
-    todo = [i for i, d in enumerate(dirs) if not os.path.exists(os.path.join(d, "summary.json"))]
+    todo = [i for i, (c, d) in enumerate(zip(configs, dirs)) if not _finished(c, d)]
     kwargs = dict(horizon_fraction=sweep.horizon_fraction,
                   diagnostics_examples=sweep.diagnostics_examples)
     if sweep.trainer == "classifier":  # Finished runs from an older version: recompute.

@@ -7,6 +7,7 @@ runs before anything is loaded or compiled, so a typo costs a second, not a comp
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Mapping
 
@@ -14,10 +15,21 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 def defaults() -> ml_collections.ConfigDict:
-  """All config fields with their defaults. One comment per field."""
+  """All config fields with their defaults. One comment per field.
+
+  Two groups: the fields that define what a run computes (`_run_fields`), and the fields of
+  how it is run (`_running_fields`: logging, checkpointing, devices), which may change when
+  a run is resumed; see `resume_conflicts`.
+  """
   c = ml_collections.ConfigDict()
+  _run_fields(c)
+  _running_fields(c)
+  return c
+
+
+def _run_fields(c: ml_collections.ConfigDict) -> None:
   # --- data (rnn_jax/data) ---
-  c.dataset = "mnist"            # 'mnist' | 'fashion_mnist' | 'imdb_reviews' | 'adding'.
+  c.dataset = "mnist"            # A loader in rnn_jax.data.LOADERS: 'mnist', 'imdb_reviews', ...
   c.sequence = "rows"            # Images as 'rows' (28x28), 'pixels' (784x1), 'permuted_pixels'.
   c.normalize = "unit"           # Pixels: 'unit' = [0, 1]; 'standardize' = train mean/std.
   c.validation_size = 5000       # First N training examples held out for validation (0 = none).
@@ -28,8 +40,6 @@ def defaults() -> ml_collections.ConfigDict:
   c.length_buckets = ()          # IMDB: pad each batch only to the next bucket (bounded shapes).
   c.sequence_length = 50         # Synthetic tasks (adding problem): time steps T.
   c.num_train_examples = 50000   # Synthetic tasks: training set size.
-  c.data_dir = placeholder(str)  # TFDS data dir; None: $TFDS_DATA_DIR, else tfds's default.
-  c.download = False             # Let tfds download and prepare missing data (needs internet).
   # --- model (rnn_jax/models.py) ---
   c.cell = "lstm"                # Registered cell name: see rnn_jax.cells.names().
   c.cell_options = ml_collections.ConfigDict()  # Cell options, e.g. {'forget_bias': 1.0}.
@@ -37,7 +47,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.num_layers = 1               # Stacked recurrent layers.
   c.bidirectional = False        # Add a backward layer at every level.
   c.embed_size = 100             # Token tasks: embedding width.
-  c.readout = "last"             # 'last' hidden state, masked 'mean' of outputs, or 'all' steps.
+  c.readout = "last"             # 'last' hidden state or masked 'mean' of the outputs.
   c.binary_output = False        # Two-class tasks: one logit + sigmoid instead of 2 logits.
   c.dropout_rate = 0.0           # Dropout on inputs and on every layer's output.
   c.recurrent_dropout_rate = 0.0  # Variational dropout on h inside the recurrence.
@@ -48,15 +58,20 @@ def defaults() -> ml_collections.ConfigDict:
   # --- optimisation (rnn_jax/train.py) ---
   c.seed = 0                     # Seeds params, dropout and data order.
   c.batch_size = 128             # Global batch size (split over devices and processes).
-  c.eval_batch_size = 1000       # Evaluation batch size (last batch padded and masked).
-  c.num_epochs = 10              # Passes over the training split.
+  c.num_epochs = 10              # Passes over the training split (may grow on resume, see below).
   c.learning_rate = 1e-3         # Adam's (peak) learning rate.
   c.lr_schedule = "constant"     # 'constant' | 'cosine' (to 0 at the end) | 'warmup_cosine'.
   c.warmup_steps = 0             # Linear warm-up steps for 'warmup_cosine'.
   c.grad_clip_norm = 0.0         # Clip gradients to this global norm (0 = off).
   c.weight_decay = 0.0           # Decoupled weight decay (AdamW) when > 0.
+
+
+def _running_fields(c: ml_collections.ConfigDict) -> None:
+  # --- running: how, not what; these may change when a run is resumed ---
+  c.data_dir = placeholder(str)  # TFDS data dir; None: $TFDS_DATA_DIR, else tfds's default.
+  c.download = False             # Let tfds download and prepare missing data (needs internet).
+  c.eval_batch_size = 1000       # Evaluation batch size (last batch padded and masked).
   c.nonfinite = "stop"           # NaN/Inf loss or gradient: 'stop' with an error, or 'skip' it.
-  # --- running ---
   c.parallel = "auto"            # 'auto' | 'jit' (one device) | 'sharded' (jit+Mesh) | 'pmap'.
   c.distributed = False          # Call jax.distributed.initialize() (multi-host runs).
   c.log_every_steps = 50         # Train metrics (loss, accuracy, grad/param norms) interval.
@@ -66,19 +81,63 @@ def defaults() -> ml_collections.ConfigDict:
   c.diagnostics_every_steps = 0  # Gradient-norm-through-time logging interval (0 = off).
   c.progress_bar = True          # Per-epoch progress bar with examples/s and running loss.
   c.plots = True                 # Write PNG learning curves to workdir/plots at the end.
-  return c
+
+
+def _fields(fill) -> frozenset[str]:
+  c = ml_collections.ConfigDict()
+  fill(c)
+  return frozenset(c.keys())
+
+
+# Fields of how a run is executed, not of what it computes: free to change on resume.
+RUNNING_FIELDS = _fields(_running_fields)
+# Training budgets: with a constant learning rate, a run resumed with a larger budget is the
+# run that budget would have trained from the start, so they may grow (never shrink) then.
+BUDGET_FIELDS = ("num_epochs", "max_steps", "max_tokens")
+
+
+def resume_conflicts(old: Mapping, new: Mapping) -> list[str]:
+  """What keeps the run recorded as `old` (its config.json) from being resumed as `new`.
+
+  Every field defines the run except RUNNING_FIELDS; a budget (BUDGET_FIELDS, 0 = no limit)
+  may grow if the learning rate is constant. A field missing from `old` (a run written before
+  it existed) counts as its default. Returns one "field: old -> new (why)" line per conflict.
+  """
+  reference = json.loads(defaults().to_json_best_effort())
+  conflicts = []
+  for name in sorted(set(old) | set(new)):
+    if name in RUNNING_FIELDS:
+      continue
+    before, after = old.get(name, reference.get(name)), new.get(name, reference.get(name))
+    if before == after:
+      continue
+    if name in BUDGET_FIELDS and new.get("lr_schedule", "constant") == "constant":
+      unlimited = lambda v: name != "num_epochs" and v == 0
+      if unlimited(after) or (not unlimited(before) and after > before):
+        continue
+      why = "a budget may only grow"
+    elif name in BUDGET_FIELDS:
+      why = f"the {new.get('lr_schedule')!r} schedule is built for the total steps"
+    else:
+      why = "it defines the run"
+    conflicts.append(f"{name}: {before!r} -> {after!r} ({why})")
+  return conflicts
 
 
 _CHOICES = {
-    "dataset": ("mnist", "fashion_mnist", "imdb_reviews", "adding"),
     "sequence": ("rows", "pixels", "permuted_pixels"),
     "normalize": ("unit", "standardize"),
     "padding": ("pre", "post"),
     "truncating": ("pre", "post"),
-    "readout": ("last", "mean", "all"),
+    "readout": ("last", "mean"),
     "lr_schedule": ("constant", "cosine", "warmup_cosine"),
     "nonfinite": ("stop", "skip"),
     "parallel": ("auto", "jit", "sharded", "pmap"),
+}
+_CHOICE_HINTS = {
+    ("readout", "all"): " 'all' (logits at every step, models.SequenceModel) needs a label per "
+                        "step; the classifier tasks have one label per sequence. The language "
+                        "model (rnn_jax.lm) predicts at every step by itself.",
 }
 _POSITIVE = ("vocab_size", "max_len", "sequence_length", "num_train_examples", "hidden_size",
              "num_layers", "embed_size", "batch_size", "eval_batch_size", "num_epochs",
@@ -119,7 +178,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
   for name, allowed in _CHOICES.items():
     if name in config and config[name] not in allowed:
-      errors.append(f"{name}={config[name]!r} is not one of {', '.join(map(repr, allowed))}.")
+      errors.append(f"{name}={config[name]!r} is not one of {', '.join(map(repr, allowed))}."
+                    + _CHOICE_HINTS.get((name, config[name]), ""))
   for name in _POSITIVE:
     if name in config and config[name] < 1:
       errors.append(f"{name} must be >= 1, got {config[name]}.")

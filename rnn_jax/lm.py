@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -46,7 +47,6 @@ def defaults() -> ml_collections.ConfigDict:
   """The LM's config: the shared fields plus its own (LM_FIELDS)."""
   c = config_lib.defaults()
   c.dataset = "imdb_reviews"
-  c.readout = "all"
   c.vocab_size = 10000
   c.embed_size = 128
   c.hidden_size = 256
@@ -117,13 +117,18 @@ def _loss(model, params, carries, x, y, key):
 
 
 def lm_step(state: train.TrainState, carries, x, y, *, model, tx):
-  """One update on one window: (state, carries [no gradient into the past], loss)."""
+  """One update on one window: (state, carries [no gradient into the past], loss).
+
+  A NaN/Inf loss or gradient skips the update (`train.apply_if_finite`, the guard every
+  training path shares) and restarts the carries at zero, so one bad window does not
+  poison the state carried into the next.
+  """
   key = jax.random.fold_in(state.rng, state.step)
   (loss, finals), grads = jax.value_and_grad(
       functools.partial(_loss, model), has_aux=True)(state.params, carries, x, y, key)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state)
+  state, grad_norm = train.apply_if_finite(state, grads, loss, tx)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finals = jax.tree.map(lambda f: jnp.where(finite, f, jnp.zeros_like(f)), finals)
   return state, finals, loss
 
 
@@ -176,10 +181,11 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str,
   start_time = time.perf_counter()
   validate(config)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  train._save_config(workdir, config)
+  train.check_workdir_writable(workdir)
+  train.check_resume_compatible(workdir, config)
   if streams is None:
     streams, _ = build_streams(config, workdir)
+  train.save_config(workdir, config)  # Only once the data accepted the config.
   model = build_model(config)
   k = config.window
   rows = batchify(streams["train"], config.batch_size)
@@ -209,24 +215,25 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str,
   while step < total:
     epoch = step // steps_per_epoch
     carries = zero_carries(model, config.batch_size)
-    epoch_start, losses = time.perf_counter(), []
+    epoch_start, totals = time.perf_counter(), None
     for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
       if step >= total:
         break
       x, y = rows[:, i * k:(i + 1) * k], rows[:, i * k + 1:(i + 1) * k + 1]
       state, carries, loss = compiled(state, carries, x, y)
+      totals = train.add_step_metrics(totals, {"loss": loss}, names=("loss",))
       step += 1
       if step % config.log_every_steps == 0:
-        losses.append(float(loss))
-        writer.write(step, {"loss": losses[-1], "perplexity": float(np.exp(losses[-1]))},
+        train.check_finite(state, config, [ckpt])
+        writer.write(step, {"loss": float(loss), "perplexity": float(np.exp(float(loss)))},
                      kind="train")
     jax.block_until_ready(state)
+    train.check_finite(state, config, [ckpt])  # Never save past a NaN.
     train_time += time.perf_counter() - epoch_start
     val = perplexity(model, state.params, eval_stream(streams["validation"]),
                      min(config.batch_size, 10), config.eval_window)
     record = {"epoch": epoch + 1, "validation_loss": val["loss"],
-              "validation_perplexity": val["perplexity"],
-              "train_loss": float(np.mean(losses)) if losses else None}
+              "validation_perplexity": val["perplexity"], **train.epoch_train_means(totals)}
     writer.write(step, record, kind="epoch")
     print(reporting.epoch_line(epoch + 1, record) + f"  val ppl {val['perplexity']:.1f}",
           flush=True)

@@ -25,7 +25,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rnn_jax import checkpoints, config as config_lib, data, diagnostics, models, reporting
+from rnn_jax import checkpoints, config as config_lib, data, diagnostics, models, recurrent
+from rnn_jax import reporting
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -125,32 +126,15 @@ def _weights(batch: Batch) -> jax.Array:
 
 # ----------------------------------------------------------------------------- steps
 
-def train_step(state: TrainState, batch: Batch, rng: jax.Array | None = None, *,
-               model: models.SequenceModel, tx: optax.GradientTransformation,
-               schedule: optax.Schedule | None = None,
-               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
-  """One update on `batch`. Pure. NaN/Inf loss or gradients: the update is skipped and counted.
+def apply_if_finite(state: TrainState, grads: Any, loss: jax.Array,
+                    tx: optax.GradientTransformation) -> tuple[TrainState, jax.Array]:
+  """The optimizer update, applied only when the loss and the gradient are finite.
 
-  Args:
-    state: the train state.
-    batch: {"inputs", "labels", "lengths"?}.
-    rng: dropout key for this step; default fold_in(state.rng, state.step).
-    model, tx, schedule: static (bind them with functools.partial).
-    axis_name: set under `jax.pmap`: gradients and metrics are averaged over it.
+  Every training path (one run, vmapped seeds, the language model) updates through this one
+  guard: a NaN/Inf step leaves params and optimizer state as they were (so Adam's step count
+  and the schedule stand still) and is counted in `nonfinite_steps` / `first_nonfinite_step`.
+  Returns the new state (step + 1 either way) and the gradient's global norm.
   """
-  if rng is None:
-    rng = jax.random.fold_in(state.rng, state.step)
-  if axis_name is not None:  # A different dropout mask on each device's shard.
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-
-  def loss_fn(params):
-    logits = model.apply(params, batch["inputs"], batch.get("lengths"), key=rng)
-    return loss_and_metrics(model, logits, batch["labels"], _weights(batch))
-
-  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  if axis_name is not None:
-    grads, loss = jax.lax.pmean((grads, loss), axis_name)
-    sums = jax.lax.psum(sums, axis_name)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
@@ -163,10 +147,52 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array | None = None, *,
       nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
       first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
                                      state.first_nonfinite_step))
+  return state, grad_norm
+
+
+def updates_applied(state: TrainState) -> jax.Array:
+  """How many updates the optimizer has applied: its step count, which drives the schedule."""
+  return state.step - state.nonfinite_steps
+
+
+def train_step(state: TrainState, batch: Batch, rng: jax.Array | None = None, *,
+               model: models.SequenceModel, tx: optax.GradientTransformation,
+               schedule: optax.Schedule | None = None,
+               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+  """One update on `batch`. Pure. NaN/Inf loss or gradients: the update is skipped and counted.
+
+  Args:
+    state: the train state.
+    batch: {"inputs", "labels", "lengths"?}.
+    rng: dropout key for this step; default fold_in(state.rng, state.step). Example i of the
+      global batch draws its dropout masks from fold_in(rng, i), so jit, sharded and pmap
+      drop the same units (see `recurrent.example_keys`).
+    model, tx, schedule: static (bind them with functools.partial).
+    axis_name: set under `jax.pmap`: gradients and metrics are averaged over it, and this
+      device's rows are rows [axis_index * per_device, ...) of the global batch.
+  """
+  if rng is None:
+    rng = jax.random.fold_in(state.rng, state.step)
+  rows = len(batch["labels"])
+  first_row = 0 if axis_name is None else jax.lax.axis_index(axis_name) * rows
+  keys = recurrent.example_keys(rng, rows, first_row)
+
+  def loss_fn(params):
+    logits = model.apply(params, batch["inputs"], batch.get("lengths"), key=keys)
+    return loss_and_metrics(model, logits, batch["labels"], _weights(batch))
+
+  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads, loss = jax.lax.pmean((grads, loss), axis_name)
+    sums = jax.lax.psum(sums, axis_name)
+  # The rate this step's update uses: the schedule at the optimizer's own count, which a
+  # skipped (non-finite) step does not advance.
+  learning_rate = None if schedule is None else schedule(updates_applied(state))
+  state, grad_norm = apply_if_finite(state, grads, loss, tx)
   metrics = {"loss": loss, "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0),
              "grad_norm": grad_norm, "param_norm": optax.global_norm(state.params)}
-  if schedule is not None:
-    metrics["learning_rate"] = schedule(state.step - 1)
+  if learning_rate is not None:
+    metrics["learning_rate"] = learning_rate
   return state, metrics
 
 
@@ -337,27 +363,26 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   jax.distributed.initialize(**counts)
 
 
-def _check_resume_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a workdir written by a config with a different model or data."""
+def check_resume_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir whose config.json describes a different run.
+
+  Which fields define a run is the schema's (`config.resume_conflicts`): all but how it is
+  run (logging, checkpoint intervals, devices); a budget such as num_epochs may grow under a
+  constant learning rate, which extends a finished run.
+  """
   path = os.path.join(workdir, "config.json")
-  new = json.loads(config.to_json_best_effort())
   if not os.path.exists(path):
     return
   with open(path) as f:
     old = json.load(f)
-  shape_fields = ("dataset", "sequence", "cell", "cell_options", "hidden_size", "num_layers",
-                  "bidirectional", "embed_size", "vocab_size", "max_len", "readout",
-                  "binary_output", "batch_size", "seed", "padding", "truncating",
-                  "validation_size", "sequence_length")
-  changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in shape_fields
-             if old.get(k) != new.get(k)]
+  changed = config_lib.resume_conflicts(old, json.loads(config.to_json_best_effort()))
   if changed:
     raise ValueError(
         f"The workdir {workdir} holds a run with a different config ({'; '.join(changed)}). "
         "Resuming would mix two experiments. Use a new --workdir, or restore the old values.")
 
 
-def _check_workdir_writable(workdir: str) -> None:
+def check_workdir_writable(workdir: str) -> None:
   """Fails before any compute when `workdir` cannot be created or written to."""
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -387,7 +412,7 @@ def _check_batch_shapes(task: data.Task, batch: Batch) -> None:
         "declared seq_len / input_size.")
 
 
-def _save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   tmp = os.path.join(workdir, "config.json.tmp")
   with open(tmp, "w") as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -434,12 +459,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config_lib.validate_devices(config, jax.device_count(), jax.process_count())
   primary = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
-  _check_workdir_writable(workdir)
-  _check_resume_compatible(workdir, config)
+  check_workdir_writable(workdir)
+  check_resume_compatible(workdir, config)
 
   task = data.load(config, workdir)
   if primary:  # Only after the data accepted the config: a rejected value must not stick.
-    _save_config(workdir, config)
+    save_config(workdir, config)
   model = build_model(config, task)
   total_steps = task.steps_per_epoch * config.num_epochs
   tx, schedule = build_optimizer(config, total_steps)
@@ -484,12 +509,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       bar = reporting.progress(epoch + 1, task.steps_per_epoch, initial=start_in_epoch,
                                enabled=None if primary and config.progress_bar else False)
       last: dict[str, float] = {}
+      totals = None
       for batch in task.train_batches(epoch, start_in_epoch):
         state, metrics = runner.train(state, batch)
+        totals = add_step_metrics(totals, metrics)
         step += 1
         if step % config.log_every_steps == 0 or step % task.steps_per_epoch == 0:
           last = _host_metrics(metrics)  # Waits for this step: the timing below is honest.
-          _check_finite(state, config, ckpt)
+          check_finite(state, config, [ckpt])
           examples = (step - epoch * task.steps_per_epoch - start_in_epoch) * config.batch_size
           last["examples_per_s"] = examples / (time.perf_counter() - epoch_start)
           writer.write(step, last, kind="train")
@@ -498,10 +525,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if diagnose is not None and step % config.diagnostics_every_steps == 0:
           writer.write(step, diagnose(runner.get_state(state).params), kind="diagnostics")
         if step % config.checkpoint_every_steps == 0:
-          _check_finite(state, config, ckpt)  # Never save past a NaN: resuming would re-stop.
+          check_finite(state, config, [ckpt])  # Never save past a NaN: resuming would re-stop.
           ckpt.save(step, runner.get_state(state))
         if sigterm["set"]:
-          _check_finite(state, config, ckpt)
+          check_finite(state, config, [ckpt])
           ckpt.save(step, runner.get_state(state), force=True)
           ckpt.wait()
           bar.close()
@@ -513,7 +540,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       train_time += time.perf_counter() - epoch_start
       train_examples += (task.steps_per_epoch - start_in_epoch) * config.batch_size
       epoch_time = time.perf_counter() - epoch_start
-      epoch_metrics = {"epoch": epoch + 1, "train_loss": bar.running_loss,
+      epoch_metrics = {"epoch": epoch + 1, **epoch_train_means(totals),
                        "last_batch_accuracy": last.get("accuracy"),
                        "last_batch_loss": last.get("loss"), "epoch_time_s": epoch_time,
                        "examples_per_s": (task.steps_per_epoch - start_in_epoch)
@@ -522,7 +549,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         val = evaluate(runner, state.params, task.eval_batches("validation"))
         if val:
           epoch_metrics.update(validation_accuracy=val["accuracy"], validation_loss=val["loss"])
-      _check_finite(state, config, ckpt)
+      check_finite(state, config, [ckpt])
       host_state = runner.get_state(state)
       ckpt.save(step, host_state, force=True)
       if "validation_accuracy" in epoch_metrics:
@@ -567,23 +594,63 @@ def diagnostics_batch(task: data.Task, max_examples: int = 256) -> Batch:
   return {k: v[:max_examples] for k, v in batch.items()}
 
 
+@jax.jit
+def _add_step_metrics(totals: Metrics, metrics: Metrics) -> Metrics:
+  finite = jnp.isfinite(metrics["loss"])
+  sums = {k: totals[k] + jnp.where(finite, v, 0.0) for k, v in metrics.items()}
+  return {**sums, "steps": totals["steps"] + finite.astype(jnp.int32)}
+
+
+def add_step_metrics(totals: Metrics | None, metrics: Metrics,
+                     names: tuple[str, ...] = ("loss", "accuracy")) -> Metrics:
+  """Running sums over the epoch of the step metrics `names`, kept on the device (no sync).
+
+  Steps whose loss is not finite (skipped updates) are left out. Leaves may carry a leading
+  axis (vmapped seeds): sums are then per row.
+  """
+  metrics = {k: metrics[k] for k in names}
+  if totals is None:
+    totals = {**jax.tree.map(jnp.zeros_like, metrics),
+              "steps": jnp.zeros(jnp.shape(metrics["loss"]), jnp.int32)}
+  return _add_step_metrics(totals, metrics)
+
+
+def epoch_train_means(totals: Metrics | None) -> dict[str, Any]:
+  """"train_<name>": the mean over every finite step of the epoch that this process ran
+  (after a mid-epoch resume: the steps since the resume; None if none counted), and
+  "train_steps", their number."""
+  if totals is None:
+    return {"train_loss": None, "train_steps": 0}
+  host = jax.device_get(totals)
+  steps = int(host.pop("steps"))
+  means = {f"train_{k}": float(v) / steps if steps else None for k, v in host.items()}
+  return {**means, "train_steps": steps}
+
+
 def _host_metrics(metrics: Metrics) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _check_finite(state: TrainState, config: ml_collections.ConfigDict,
-                  ckpt: checkpoints.Checkpoints) -> None:
+def check_finite(state: TrainState, config: ml_collections.ConfigDict,
+                 ckpts: list[checkpoints.Checkpoints]) -> None:
   """With nonfinite='stop', raises at the first check after a NaN/Inf step.
 
-  The bad update itself was never applied (see `train_step`), and the loop calls this before
-  every save, so the last checkpoint on disk is the last one before the bad step.
+  The bad update itself was never applied (`apply_if_finite`), and every training loop calls
+  this before each save, so the last checkpoint on disk is the last one before the bad step.
+  `state` may carry a leading axis (pmap replicas, or vmapped seeds with one checkpoint
+  directory each in `ckpts`); the first row with a bad step is reported.
   """
   if config.nonfinite != "stop":
     return
-  count, first = (int(np.ravel(x)[0]) for x in jax.device_get(
-      (state.nonfinite_steps, state.first_nonfinite_step)))  # [0]: first replica under pmap.
-  if count > 0:
+  counts, firsts = (np.ravel(x) for x in jax.device_get(
+      (state.nonfinite_steps, state.first_nonfinite_step)))
+  bad = np.flatnonzero(counts)
+  if len(bad):
+    row = int(bad[0])
+    ckpt = ckpts[row] if len(ckpts) > 1 else ckpts[0]
+    seed = f" (vmapped seed index {row})" if len(ckpts) > 1 else ""
     raise NonFiniteLossError(
-        f"Loss or gradient became NaN/Inf at step {first}. The last good checkpoint is step "
-        f"{ckpt.latest_step()} in {ckpt.directory}. Lower --config.learning_rate, set "
-        "--config.grad_clip_norm (e.g. 1.0), or set --config.nonfinite=skip to skip such steps.")
+        f"Loss or gradient became NaN/Inf at step {int(firsts[row])}{seed}. The last good "
+        f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower "
+        "--config.learning_rate, set --config.grad_clip_norm (e.g. 1.0), or set "
+        "--config.nonfinite=skip to skip such steps.")
