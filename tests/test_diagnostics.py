@@ -207,3 +207,50 @@ def test_chrono_init_lets_the_gradient_reach_back_at_init(cell):
     horizons[chrono] = diagnostics.memory_horizon(norms)
   assert ratios[0] < 1e-3 and ratios[time] > 0.05, ratios
   assert horizons[0] < 60 and horizons[time] == time - 1, horizons
+
+
+@pytest.mark.parametrize("cell,bidirectional,direction", [
+    ("gru", False, "fwd"), ("lstm", False, "fwd"), ("lstm", True, "bwd"), ("rnn", True, "fwd")])
+def test_padded_batch_gives_what_its_sequences_give_unpadded(cell, bidirectional, direction):
+  """Each sequence run alone at its own length, its norms aligned by its last step and
+  averaged over the sequences that reach back that far: that is the padded batch's curve."""
+  model = models.SequenceModel(cell=cell, input_kind="tokens", input_size=30, embed_size=4,
+                               hidden_size=5, num_outputs=2, bidirectional=bidirectional)
+  params = model.init(jax.random.PRNGKey(1))
+  lengths = [4, 9, 2, 12, 7]
+  width = 12
+  rng = np.random.default_rng(0)
+  ids = np.zeros((len(lengths), width), np.int32)
+  for b, n in enumerate(lengths):
+    ids[b, :n] = rng.integers(2, 30, n)
+  labels = np.array([0, 1, 1, 0, 1])
+  batch = {"inputs": ids, "lengths": np.array(lengths), "labels": labels}
+  got = np.asarray(diagnostics.gradient_norm_through_time(model, params, batch, state="carry",
+                                                          direction=direction))
+  per_sequence = []
+  for b, n in enumerate(lengths):
+    def loss(logits, one):  # This example's share of the batch-mean loss.
+      return models.per_example_loss(model, logits, one["labels"])[0].sum() / len(lengths)
+    alone = {"inputs": ids[b:b + 1, :n], "labels": labels[b:b + 1]}
+    per_sequence.append(np.asarray(diagnostics.gradient_norm_through_time(
+        model, params, alone, state="carry", direction=direction, loss_fn=loss)))
+  want = np.zeros(width)
+  for j in range(width):  # j steps before each sequence's end.
+    reached = [norms[n - 1 - j] for norms, n in zip(per_sequence, lengths) if j < n]
+    want[width - 1 - j] = np.mean(reached) if reached else 0.0
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+
+
+def test_memory_horizon_does_not_depend_on_the_padding_width():
+  model = models.SequenceModel(cell="gru", input_kind="tokens", input_size=30, embed_size=4,
+                               hidden_size=5, num_outputs=2)
+  params = model.init(jax.random.PRNGKey(2))
+  horizons = []
+  for width in (4, 12):
+    ids = np.zeros((1, width), np.int32)
+    ids[0, :4] = [5, 6, 7, 8]
+    batch = {"inputs": ids, "lengths": np.array([4]), "labels": np.array([1])}
+    norms = diagnostics.gradient_norm_through_time(model, params, batch, state="carry")
+    horizons.append(diagnostics.memory_horizon(norms, 1e-6))
+    assert np.all(np.asarray(norms)[:width - 4] == 0)  # No step of the sequence there.
+  assert horizons == [3, 3]

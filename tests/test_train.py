@@ -171,7 +171,7 @@ def test_nan_loss_skipped_when_configured(tmp_path, monkeypatch):
 @pytest.mark.parametrize("overrides,message", [
     ({"cell": "lstn"}, "Unknown cell 'lstn'. Known cells: .*lstm"),
     ({"hidden_size": -4}, "hidden_size must be >= 1, got -4"),
-    ({"dataset": "mnits"}, "dataset='mnits' is not one of"),
+    ({"dataset": "mnits"}, "dataset=.mnits. has no loader"),
     ({"batch_size": 30}, "batch_size=30 does not divide over 4 devices"),
     ({"learning_rate": "fast"}, "learning_rate must be a number"),
     ({"dropout_rate": 1.5}, r"dropout_rate must be in \[0, 1\)"),
