@@ -30,10 +30,12 @@ updates (`--config.base.num_epochs=20` on the same workdirs, resumed): test MSE 
 from configs import ablate_adding
 
 
-def get_config():
+def get_config(lengths: str = "50,200,500"):
+  """`lengths`: the sequence lengths T to sweep, e.g. `--config=...chrono.py:500` for T = 500
+  alone (its runs are the same directories as in the full sweep)."""
   config = ablate_adding.get_config()
   del config["sweep"]  # Its dict type would refuse the tuple of pairs below.
   # Tuple of pairs: a dotted field name cannot be a ConfigDict key.
   config.sweep = (("cell", ["lstm", "gru"]), ("cell_options.chrono_init", [500]),
-                  ("sequence_length", [50, 200, 500]))
+                  ("sequence_length", [int(t) for t in lengths.split(",")]))
   return config
