@@ -225,8 +225,9 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
   model = train.build_model(config, tasks[0])
   tx, schedule = train.build_optimizer(config, steps_per_epoch * config.num_epochs)
   ckpts = [checkpoints.Checkpoints(os.path.join(w, "checkpoints"), keep=config.keep_checkpoints,
-                                   keep_best=1, best_metric="validation_accuracy")
-           for w in workdirs]
+                                   keep_best=1, best_metric="validation_accuracy",
+                                   record=train.run_record(c))
+           for c, w in zip(configs, workdirs)]
   fresh = [train.create_train_state(model, tx, c.seed) for c in configs]
   restored = [ck.restore_latest(s) for ck, s in zip(ckpts, fresh)]
   steps = {0 if r is None else int(r[1]) for r in restored}

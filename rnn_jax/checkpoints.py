@@ -14,10 +14,15 @@ and exercised in tests/test_checkpoints.py):
   so a save cut short by SIGKILL, a full disk or a crash is never taken for a complete
   checkpoint; leftover temporary folders are removed when the next run starts
   (``cleanup_tmp_directories``).
-* Orbax does not verify what it reads back. A truncated or garbage metadata, manifest or
-  array file raises on restore, which is caught here: the step is reported with
-  ``logging.warning``, moved to ``corrupt/`` and the next older one is tried. (A single
-  flipped bit inside compressed array data is not detected by Orbax or TensorStore.)
+* Orbax does not verify what it reads back: a single flipped bit inside array data restores
+  silently. So every save stores the SHA-256 of each array (by its path in the tree, with
+  dtype and shape) in the step's own metadata, committed with the step, and every restore
+  recomputes and compares them. A mismatch, like a truncated or garbage metadata, manifest
+  or array file (which raise on restore), is reported with ``logging.warning``; the step is
+  moved to ``corrupt/`` and the next older one is tried. A corrupt ``best`` step is moved
+  aside too, but raises instead of quietly giving the second best.
+* A step may carry a small JSON ``record`` (the trainer stores the run's config there), so
+  what produced a checkpoint travels inside it.
 * On several processes every process calls save/restore; Orbax writes and deletes from
   the primary process only and synchronizes the others. The one file operation of this
   module (moving a corrupt step aside) also runs on process 0 only, then all processes
@@ -27,6 +32,7 @@ and exercised in tests/test_checkpoints.py):
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import math
 import os
@@ -51,6 +57,41 @@ __all__ = ['Checkpoints', 'CheckpointError']
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written, or no saved checkpoint could be read back."""
+
+
+class ChecksumMismatch(ValueError):
+  """A restored array differs from the one that was saved (the files were altered)."""
+
+
+def tree_checksums(tree: PyTree) -> dict[str, str]:
+  """{path in the tree: SHA-256 of the leaf's dtype, shape and bytes}, for verification.
+
+  Leaves that this process cannot read whole (arrays sharded over several hosts) are left
+  out; every other leaf is copied to the host.
+  """
+  sums = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = _host_copy(leaf)
+    if array is None:
+      continue
+    digest = hashlib.sha256(f'{array.dtype.str}{array.shape}'.encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    sums[jax.tree_util.keystr(path)] = digest.hexdigest()
+  return sums
+
+
+def _host_copy(leaf: Any) -> np.ndarray | None:
+  if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+    leaf = jax.random.key_data(leaf)
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    shard = leaf.addressable_shards[0].data  # Replicated: one shard holds it all.
+    return np.asarray(shard) if shard.shape == leaf.shape else None
+  return np.asarray(leaf)
+
+
+def _checksum_errors(expected: dict[str, str], state: PyTree) -> list[str]:
+  got = tree_checksums(state)
+  return [path for path, digest in expected.items() if path in got and got[path] != digest]
 
 
 def _abstract(target: PyTree) -> PyTree:
@@ -95,6 +136,8 @@ class Checkpoints:
       relying on a save (Orbax also waits before the next one).
     read_only: only restore (e.g. evaluation from a shared folder): nothing is created,
       deleted or moved.
+    record: JSON-able facts stored inside every step this object saves (the trainer's run
+      config), read back with ``record(step)``; a ``save`` may pass its own instead.
   """
 
   def __init__(
@@ -108,6 +151,7 @@ class Checkpoints:
       every: int = 1,
       asynchronous: bool = False,
       read_only: bool = False,
+      record: dict[str, Any] | None = None,
   ):
     if best_mode not in ('max', 'min'):
       raise ValueError(
@@ -123,6 +167,7 @@ class Checkpoints:
     self._keep_best = keep_best
     self._every = every
     self._read_only = read_only
+    self._record = record
     self._is_primary = jax.process_index() == 0
     self._barriers = 0
 
@@ -186,6 +231,18 @@ class Checkpoints:
     """The metrics dict stored with best/<step>."""
     return self._best.metrics(step)
 
+  def record(self, step: int, kind: str = 'latest') -> dict[str, Any] | None:
+    """The ``record`` saved inside <kind>/<step> (None for none, or an older checkpoint)."""
+    manager = self._latest if kind == 'latest' else self._best
+    return (self._custom_metadata(manager, step) or {}).get('record')
+
+  @staticmethod
+  def _custom_metadata(manager, step: int) -> dict[str, Any] | None:
+    try:
+      return manager.metadata(step).custom_metadata
+    except Exception:  # No or unreadable step metadata: the restore reports the damage.
+      return None
+
   def _metric(self, step: int) -> float | None:
     metrics = self._best.metrics(step)
     if not metrics or self.best_metric not in metrics:
@@ -194,12 +251,14 @@ class Checkpoints:
 
   # -- saving -----------------------------------------------------------------------
 
-  def save(self, step: int, state: PyTree, *, force: bool = False) -> bool:
+  def save(self, step: int, state: PyTree, *, force: bool = False,
+           record: dict[str, Any] | None = None) -> bool:
     """Saves ``state`` as latest/<step> if ``step % every == 0`` or ``force``.
 
     Returns whether a checkpoint was written. A step that is already saved (e.g. the
     step a run resumed from) is skipped. Raises CheckpointError when writing fails;
-    earlier checkpoints are left intact.
+    earlier checkpoints are left intact. ``record``: JSON-able facts stored inside the
+    step (see ``record``), e.g. the config that trained it.
     """
     step = int(step)
     if step in self._latest.all_steps():
@@ -208,9 +267,10 @@ class Checkpoints:
       return False
     if not force and step % self._every:
       return False
-    return self._save(self._latest, 'latest', step, state)
+    return self._save(self._latest, 'latest', step, state, record=record)
 
-  def save_best(self, step: int, state: PyTree, metrics: dict[str, Any]) -> bool:
+  def save_best(self, step: int, state: PyTree, metrics: dict[str, Any],
+                record: dict[str, Any] | None = None) -> bool:
     """Saves ``state`` as best/<step> if ``metrics[best_metric]`` ranks in the top k.
 
     Returns whether a checkpoint was written (one that would be pruned at once is not
@@ -237,10 +297,11 @@ class Checkpoints:
       better = value > worst if self.best_mode == 'max' else value < worst
       if not better:
         return False
-    return self._save(self._best, 'best', step, state, metrics=metrics)
+    return self._save(self._best, 'best', step, state, metrics=metrics, record=record)
 
   def _save(self, manager, kind: str, step: int, state: PyTree,
-            metrics: dict[str, float] | None = None) -> bool:
+            metrics: dict[str, float] | None = None,
+            record: dict[str, Any] | None = None) -> bool:
     if self._read_only:
       raise CheckpointError(
           f'Checkpoints({self.directory}) was opened with read_only=True; cannot save '
@@ -249,8 +310,10 @@ class Checkpoints:
     try:
       # force: when to save is decided here (``every``, top-k), not by Orbax's policy,
       # which would also save the first step of every run.
+      metadata = {'checksums': tree_checksums(state),
+                  'record': self._record if record is None else record}
       return bool(manager.save(step, args=ocp.args.StandardSave(state),
-                               metrics=metrics, force=True))
+                               metrics=metrics, force=True, custom_metadata=metadata))
     except Exception as e:  # TensorStore reports I/O failures as ValueError.
       raise self._write_error(manager, kind, step, e) from e
 
@@ -290,20 +353,37 @@ class Checkpoints:
       return None
     abstract = _abstract(target)
     failures: list[tuple[int, Exception]] = []
+    altered: list[int] = []  # Restored, but not the arrays that were saved.
     for step in steps:
       try:
         state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        expected = (self._custom_metadata(manager, step) or {}).get('checksums')
+        if expected is None:
+          logging.warning('Checkpoint %s/%s/%d has no checksums (written by an older '
+                          'version); it is used unverified.', self.directory, kind, step)
+        elif bad := _checksum_errors(expected, state):
+          altered.append(step)
+          raise ChecksumMismatch(
+              f'{len(bad)} array(s) differ from what was saved, e.g. {bad[0]}')
       except Exception as e:  # Corruption surfaces as JSON, Unicode or TensorStore errors.
         logging.warning(
             'Checkpoint %s/%s/%d could not be restored (%s: %s); trying the next one.',
             self.directory, kind, step, type(e).__name__, str(e)[:500])
         failures.append((step, e))
+        if kind == 'best' and altered:
+          self._quarantine(manager, kind, altered)
+          raise CheckpointError(
+              f'The best checkpoint {self.directory}/best/{step} is corrupt ({e}); it was '
+              f'moved to {self.directory}/corrupt/. Fix: use the latest checkpoint '
+              '(restore_latest), or retrain to get a best checkpoint again.') from e
         continue
       if failures:
         # An older step restored with the same target, so the failures were the files,
         # not the target: move them aside so a later save of the same step can happen.
         self._quarantine(manager, kind, [s for s, _ in failures])
       return state, step
+    if altered:  # Verified corrupt whatever the target: move those aside even so.
+      self._quarantine(manager, kind, altered)
     # Nothing restored: more likely a target that does not match what was saved than
     # every checkpoint corrupt, so nothing is moved.
     details = '; '.join(f'step {s}: {type(e).__name__}: {str(e)[:300]}'

@@ -198,7 +198,8 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str,
   tx, _ = train.build_optimizer(config, total)
   state = train.create_train_state(model, tx, config.seed)
   ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), keep=1, keep_best=1,
-                                 best_metric="validation_perplexity", best_mode="min")
+                                 best_metric="validation_perplexity", best_mode="min",
+                                 record=train.run_record(config))
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state = restored[0]

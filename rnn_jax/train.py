@@ -363,18 +363,41 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   jax.distributed.initialize(**counts)
 
 
+def recorded_config(workdir: str) -> dict[str, Any] | None:
+  """The config of the run whose checkpoint `workdir` holds, or None if nothing was saved.
+
+  It travels inside each checkpoint (the `record` of `checkpoints.Checkpoints`), so it is the
+  config that trained those parameters whatever config.json says; a checkpoint written
+  before that existed falls back to config.json.
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(os.path.join(directory, "latest")):
+    return None
+  with checkpoints.Checkpoints(directory, read_only=True) as ckpt:
+    step = ckpt.latest_step()
+    record = None if step is None else ckpt.record(step)
+  if step is None:
+    return None
+  if record and "config" in record:
+    return record["config"]
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return None
+
+
 def check_resume_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a workdir whose config.json describes a different run.
+  """Refuses to resume a workdir whose checkpoint was trained by a different run.
 
   Which fields define a run is the schema's (`config.resume_conflicts`): all but how it is
   run (logging, checkpoint intervals, devices); a budget such as num_epochs may grow under a
-  constant learning rate, which extends a finished run.
+  constant learning rate, which extends a finished run. A workdir with no checkpoint (a
+  first start that failed) may start again with any config.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  old = recorded_config(workdir)
+  if old is None:
     return
-  with open(path) as f:
-    old = json.load(f)
   changed = config_lib.resume_conflicts(old, json.loads(config.to_json_best_effort()))
   if changed:
     raise ValueError(
@@ -410,6 +433,11 @@ def _check_batch_shapes(task: data.Task, batch: Batch) -> None:
         f"labels of shape {list(np.shape(batch['labels']))}; expected inputs {expected} "
         f"and labels [{per_process}]. Fix the dataset's loader (its make_batch) or its "
         "declared seq_len / input_size.")
+
+
+def run_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What every checkpoint of a run carries about it: the config that trained it."""
+  return {"config": json.loads(config.to_json_best_effort())}
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -474,7 +502,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"),
                                  keep=config.keep_checkpoints, keep_best=1,
-                                 best_metric="validation_accuracy")
+                                 best_metric="validation_accuracy", record=run_record(config))
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, _ = restored

@@ -321,3 +321,64 @@ def test_directory_that_cannot_exist(tmp_path):
   (tmp_path / 'a_file').write_text('x')
   with pytest.raises(CheckpointError, match='a_file/ckpt'):
     Checkpoints(tmp_path / 'a_file' / 'ckpt')
+
+
+def _flip_one_byte(step_dir):
+  """One byte of the largest array file, as a bad disk or a stray write would."""
+  files = [f for f in glob.glob(os.path.join(step_dir, '**', '*'), recursive=True)
+           if os.path.isfile(f)]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, 'r+b') as f:
+    f.seek(os.path.getsize(biggest) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0x10]))
+
+
+def _big(seed, step):
+  return make_state(seed, step).replace(params={
+      'w': jnp.asarray(np.random.default_rng(seed).standard_normal((64, 256), np.float32))})
+
+
+@ignore_unraisable
+@ignore_unawaited
+def test_a_flipped_bit_in_latest_is_caught_and_the_previous_step_used(tmp_path, caplog):
+  with Checkpoints(tmp_path) as ckpt:
+    for step in (1, 2, 3):
+      ckpt.save(step, _big(step, step), record={'learning_rate': 0.001})
+  _flip_one_byte(os.path.join(tmp_path, 'latest', '3'))
+  with Checkpoints(tmp_path) as ckpt:
+    with caplog.at_level(logging.WARNING):
+      restored, step = ckpt.restore_latest(_big(0, 0))
+    assert step == 2
+    assert_bitwise_equal(restored, _big(2, 2))
+    warning = ' '.join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert 'latest/3 could not be restored' in warning
+    assert os.path.isdir(os.path.join(tmp_path, 'corrupt', 'latest_3'))
+    assert ckpt.record(2) == {'learning_rate': 0.001}
+  gc.collect()
+
+
+@ignore_unraisable
+@ignore_unawaited
+def test_a_flipped_bit_in_best_is_an_error_that_says_what_to_do(tmp_path):
+  with Checkpoints(tmp_path, keep_best=2) as ckpt:
+    ckpt.save_best(1, _big(1, 1), {'validation_accuracy': 0.5})
+    ckpt.save_best(2, _big(2, 2), {'validation_accuracy': 0.9})
+  _flip_one_byte(os.path.join(tmp_path, 'best', '2'))
+  with Checkpoints(tmp_path, keep_best=2) as ckpt:
+    with pytest.raises(CheckpointError, match=r'best checkpoint .*best/2 is corrupt.*Fix'):
+      ckpt.restore_best(_big(0, 0))
+    assert os.path.isdir(os.path.join(tmp_path, 'corrupt', 'best_2'))
+  gc.collect()
+
+
+def test_checksums_cover_every_leaf_and_see_one_changed_value():
+  from rnn_jax.checkpoints import tree_checksums
+  state = make_state()
+  sums = tree_checksums(state)
+  assert len(sums) == len(jax.tree.leaves(state))
+  changed = state.replace(params={**state.params, 'cell': {
+      **state.params['cell'], 'b': state.params['cell']['b'].at[3].set(1e-7)}})
+  diff = [k for k, v in tree_checksums(changed).items() if sums[k] != v]
+  assert diff == ["['params']['cell']['b']"] or diff == [".params['cell']['b']"]

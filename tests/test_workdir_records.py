@@ -1,0 +1,45 @@
+"""What a workdir records: the config travels inside each checkpoint, a rerun never rewrites
+the record of a run it does not continue, and a workdir where nothing was trained can start
+again with a corrected config."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rnn_jax import train
+
+from test_train import latest_params, run, tiny_config
+
+pytestmark = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+
+
+def test_a_rerun_with_another_learning_rate_is_refused_and_rewrites_nothing(tmp_path):
+  run(tiny_config(num_epochs=1), tmp_path)
+  records = {name: (tmp_path / name).read_text() for name in ("config.json", "summary.json")}
+  with pytest.raises(ValueError, match=r"learning_rate: 0.001 -> 0.5"):
+    run(tiny_config(num_epochs=1, learning_rate=0.5), tmp_path)
+  for name, text in records.items():
+    assert (tmp_path / name).read_text() == text, name
+
+
+def test_the_checkpoint_carries_its_config_when_config_json_is_gone(tmp_path):
+  run(tiny_config(num_epochs=1), tmp_path)
+  (tmp_path / "config.json").unlink()
+  with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
+    run(tiny_config(num_epochs=1, seed=1), tmp_path)
+  assert train.recorded_config(str(tmp_path))["seed"] == 0
+
+
+def test_a_failed_first_start_does_not_lock_the_workdir(tmp_path, monkeypatch):
+  def out_of_memory(self, state, batch):
+    raise MemoryError("simulated: the model does not fit")
+  monkeypatch.setattr(train.Runner, "compile", out_of_memory)
+  with pytest.raises(MemoryError):
+    run(tiny_config(num_epochs=1, hidden_size=64), tmp_path)
+  monkeypatch.undo()
+  summary = run(tiny_config(num_epochs=1, hidden_size=8), tmp_path)  # The corrected command.
+  assert summary["steps"] > 0
+  assert json.loads((tmp_path / "config.json").read_text())["hidden_size"] == 8
+  state, _ = latest_params(tmp_path, tiny_config(num_epochs=1, hidden_size=8))
+  assert np.shape(state.params["head"]["w"]) == (8, 10)
