@@ -31,6 +31,7 @@ resumes sequentially, each seed from its own checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import functools
@@ -48,7 +49,7 @@ import ml_collections
 import numpy as np
 
 from rnn_jax import checkpoints, config as config_lib, data, diagnostics, models, reporting
-from rnn_jax import train
+from rnn_jax import train, workdir as workdir_lib
 
 TRAINERS = ("classifier", "lm")
 
@@ -201,7 +202,21 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
   """Trains the configs (identical but for `seed`) together: one vmapped, compiled train step.
 
   Writes into each workdir what `train.train_and_evaluate` writes, and returns the summaries.
+  Holds every workdir's lock (`rnn_jax.workdir.lock`) while it trains.
   """
+  workdirs = [os.path.abspath(w) for w in workdirs]
+  with contextlib.ExitStack() as locks:
+    for w in workdirs:
+      train.check_workdir_writable(w)
+      locks.enter_context(workdir_lib.lock(w))
+    summaries = _train_seeds(configs, workdirs, horizon_fraction=horizon_fraction,
+                             diagnostics_examples=diagnostics_examples)
+  if summaries is None:  # Stopped at different steps: let each seed resume on its own.
+    return [train.train_and_evaluate(c, w) for c, w in zip(configs, workdirs)]
+  return summaries
+
+
+def _train_seeds(configs, workdirs, *, horizon_fraction, diagnostics_examples):
   start_time = time.perf_counter()
   n = len(configs)
   for config in configs:
@@ -212,9 +227,7 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
   if any(s != same[0] for s in same):
     raise ValueError("train_seeds needs configs that differ only in `seed`.")
   config = configs[0]
-  workdirs = [os.path.abspath(w) for w in workdirs]
   for c, w in zip(configs, workdirs):
-    os.makedirs(w, exist_ok=True)
     train.check_resume_compatible(w, c)
     train.save_config(w, c)
 
@@ -231,11 +244,11 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
   fresh = [train.create_train_state(model, tx, c.seed) for c in configs]
   restored = [ck.restore_latest(s) for ck, s in zip(ckpts, fresh)]
   steps = {0 if r is None else int(r[1]) for r in restored}
-  if len(steps) > 1:  # Stopped at different steps: let each seed resume on its own.
+  if len(steps) > 1:
     logging.warning("Seeds stopped at different steps %s; resuming them one by one.", steps)
     for ck in ckpts:
       ck.close()
-    return [train.train_and_evaluate(c, w) for c, w in zip(configs, workdirs)]
+    return None
   states = [s if r is None else r[0] for s, r in zip(fresh, restored)]
   first_step = steps.pop()
   num_params = models.num_params(states[0].params)

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from rnn_jax import checkpoints, config as config_lib, models, reporting, train
+from rnn_jax import workdir as workdir_lib
 from rnn_jax.data import common, imdb
 
 LM_FIELDS = ("window", "eval_window", "max_steps", "max_tokens", "eval_tokens")
@@ -177,11 +178,17 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str,
   """Trains and evaluates the LM (resumable at epoch ends); writes and returns summary.json.
 
   streams: {'train', 'validation', 'test'} token streams; None reads IMDB (build_streams).
+  Holds the workdir's lock (`rnn_jax.workdir.lock`) while it trains.
   """
   start_time = time.perf_counter()
   validate(config)
   workdir = os.path.abspath(workdir)
   train.check_workdir_writable(workdir)
+  with workdir_lib.lock(workdir):
+    return _train_lm(config, workdir, streams, start_time)
+
+
+def _train_lm(config, workdir, streams, start_time):
   train.check_resume_compatible(workdir, config)
   if streams is None:
     streams, _ = build_streams(config, workdir)

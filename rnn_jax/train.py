@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rnn_jax import checkpoints, config as config_lib, data, diagnostics, models, recurrent
-from rnn_jax import reporting
+from rnn_jax import reporting, workdir as workdir_lib
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -488,6 +488,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   primary = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
   check_workdir_writable(workdir)
+  cleanup.enter_context(workdir_lib.lock(workdir))  # One run per workdir.
   check_resume_compatible(workdir, config)
 
   task = data.load(config, workdir)

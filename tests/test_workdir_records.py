@@ -43,3 +43,30 @@ def test_a_failed_first_start_does_not_lock_the_workdir(tmp_path, monkeypatch):
   assert json.loads((tmp_path / "config.json").read_text())["hidden_size"] == 8
   state, _ = latest_params(tmp_path, tiny_config(num_epochs=1, hidden_size=8))
   assert np.shape(state.params["head"]["w"]) == (8, 10)
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_and_a_dead_holder_is_not_in_the_way(
+    tmp_path):
+  """A real second process holds the workdir: the run is refused, naming it; once that
+  process is SIGKILLed (its LOCK file left behind) the same run starts."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time\n"
+       "from rnn_jax import workdir\n"
+       "with workdir.lock(sys.argv[1]):\n"
+       "  print('locked', flush=True)\n"
+       "  time.sleep(120)\n", str(tmp_path)],
+      stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RuntimeError, match=rf"in use by another run \(pid {holder.pid} on "):
+      run(tiny_config(num_epochs=1), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  assert (tmp_path / "LOCK").exists()  # Left behind by the killed process.
+  assert run(tiny_config(num_epochs=1), tmp_path)["steps"] > 0
