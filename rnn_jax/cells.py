@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
+import numbers
 from typing import Any, Callable
 
 import jax
@@ -113,7 +115,34 @@ def get(name: str, **options: Any) -> Cell:
   if unknown:
     raise ValueError(f"Cell {name!r} has no option(s) {unknown}. Its options are: "
                      f"{', '.join(accepted) or 'none'}.")
+  errors = option_type_errors(name, options)
+  if errors:
+    raise ValueError(" ".join(errors))
   return factory(**options)
+
+
+def option_type_errors(name: str, options: dict[str, Any]) -> list[str]:
+  """Each option must have the type of its default (a float option also takes an int)."""
+  errors = []
+  defaults = {k: p.default for k, p in inspect.signature(_FACTORIES[name]).parameters.items()}
+  for option, value in sorted(options.items()):
+    default = defaults.get(option, inspect.Parameter.empty)
+    if isinstance(default, bool):
+      ok, kind = isinstance(value, bool), "True or False"
+    elif isinstance(default, int):
+      ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+      ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+      kind = "a finite number"
+    elif isinstance(default, str):
+      ok, kind = isinstance(value, str), "a string"
+    else:
+      continue  # No default to compare with: the cell checks it.
+    if not ok:
+      errors.append(f"cell_options.{option} of cell {name!r} must be {kind} (default "
+                    f"{default!r}), got {value!r}.")
+  return errors
 
 
 def options_of(cell_name: str) -> dict[str, Any]:
@@ -152,6 +181,9 @@ def _input_weights(key, input_size: int, width: int, kind: str = "glorot") -> ja
 
 def _dense_params(key, input_size, hidden, num_gates, recurrent_init="orthogonal",
                   recurrent_scale=1.0, input_init="glorot") -> Params:
+  for name, value in (("input_size", input_size), ("hidden_size", hidden)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+      raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
   kx, kh = jax.random.split(key)
   if recurrent_init == "joint_glorot":
     # TF1's BasicRNNCell / LSTMCell default: one Glorot-uniform kernel over the concatenated

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnn_jax import cells as cells_lib
 from rnn_jax.cells import Carry, Cell, Params
@@ -89,11 +90,18 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
   Returns:
     final_carry, and ys [batch, time, hidden].
   """
+  _check_scan_arguments(xs, lengths, truncation, unroll)
   batch, time = xs.shape[:2]
   if lengths is not None:
     lengths = jnp.asarray(lengths, jnp.int32)
+  hidden = cells_lib.hidden_size_of(params)
   if carry is None:
-    carry = cell.zero_carry(batch, cells_lib.hidden_size_of(params), xs.dtype)
+    carry = cell.zero_carry(batch, hidden, xs.dtype)
+  for name, value in (("carry", carry), ("recurrent_mask", recurrent_mask)):
+    shapes = [tuple(jnp.shape(leaf)) for leaf in jax.tree.leaves(value)]
+    if any(shape != (batch, hidden) for shape in shapes):
+      raise ValueError(f"{name} must hold [batch, hidden] = [{batch}, {hidden}] arrays, got "
+                       f"shapes {shapes}.")
   if reverse:
     xs = reverse_padded(xs, lengths)
   cuts = truncation_cuts(time, truncation, lengths)
@@ -128,6 +136,32 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
   if reverse:
     ys = reverse_padded(ys, lengths)
   return carry, ys
+
+
+def _check_scan_arguments(xs, lengths, truncation, unroll) -> None:
+  """Wrong shapes and values raise here, naming the argument, not deep inside the loop."""
+  if jnp.ndim(xs) != 3:
+    raise ValueError(f"xs must be [batch, time, features], got shape {tuple(jnp.shape(xs))}.")
+  batch, time = xs.shape[:2]
+  if truncation is not None and (isinstance(truncation, bool) or not isinstance(
+      truncation, (int, np.integer)) or truncation < 1):
+    raise ValueError(f"truncation must be None or an integer number of steps >= 1, got "
+                     f"{truncation!r}.")
+  if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
+    raise ValueError(f"unroll must be an integer >= 1, got {unroll!r}.")
+  if lengths is None:
+    return
+  if jnp.shape(lengths) != (batch,):
+    raise ValueError(f"lengths must be [batch] = [{batch}], got shape "
+                     f"{tuple(jnp.shape(lengths))}.")
+  if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
+    raise ValueError(f"lengths must be integers (steps), got dtype {jnp.result_type(lengths)}.")
+  if isinstance(lengths, jax.core.Tracer):
+    return  # Values unknown while tracing; the input pipeline's batches are checked on host.
+  values = np.asarray(lengths)
+  if values.min(initial=0) < 0 or values.max(initial=0) > time:
+    raise ValueError(f"lengths must be in [0, time = {time}], got min {values.min()} and max "
+                     f"{values.max()}.")
 
 
 # ----------------------------------------------------------------------------- dropout

@@ -342,3 +342,33 @@ def test_bad_truncation_is_a_clear_error():
   cell, params, xs = _setup("rnn", {})
   with pytest.raises(ValueError, match="truncation"):
     recurrent.scan(cell, params, xs, truncation=0)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"lengths": jnp.array([TIME + 1, 2, 3])}, r"lengths must be in \[0, time = 7\].*max 8"),
+    ({"lengths": jnp.array([-1, 2, 3])}, r"lengths must be in \[0, time = 7\].*min -1"),
+    ({"lengths": jnp.array([1.0, 2.0, 3.0])}, "lengths must be integers"),
+    ({"lengths": jnp.array([1, 2])}, r"lengths must be \[batch\] = \[3\]"),
+    ({"truncation": 2.5}, "truncation must be None or an integer"),
+    ({"truncation": True}, "truncation must be None or an integer"),
+    ({"unroll": 0}, "unroll must be an integer >= 1"),
+    ({"carry": jnp.zeros((2, HIDDEN))}, r"carry must hold \[batch, hidden\] = \[3, 5\]"),
+    ({"recurrent_mask": jnp.ones((BATCH, 2))}, r"recurrent_mask must hold \[batch, hidden\]"),
+])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_bad_scan_arguments_are_named(kwargs, message, reverse):
+  """Each raises at the call, naming the argument and what it must be (lengths > T used to
+  give NaN silently with reverse=True)."""
+  cell, params, xs = _setup("gru", {})
+  with pytest.raises(ValueError, match=message):
+    recurrent.scan(cell, params, xs, reverse=reverse, **kwargs)
+
+
+def test_bad_inputs_rank_cell_option_type_and_hidden_size_are_named():
+  cell, params, xs = _setup("lstm", {})
+  with pytest.raises(ValueError, match=r"xs must be \[batch, time, features\], got shape"):
+    recurrent.scan(cell, params, xs[:, :, 0])
+  with pytest.raises(ValueError, match="forget_bias of cell 'lstm' must be a finite number"):
+    cells.get("lstm", forget_bias="1.0")
+  with pytest.raises(ValueError, match="hidden_size must be an integer >= 1, got 0"):
+    cell.init(jax.random.key(0), INPUT, 0)
