@@ -654,10 +654,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", None, "A sweep config, e.g. "
-                                  "configs/ablate_mnist_cells.py.")
-  flags.DEFINE_string("workdir", None, "Directory of the sweep; re-running resumes it.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from rnn_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.define_flags("A sweep config, e.g. configs/ablate_mnist_cells.py.")
+  app.run(main, flags_parser=cli.parse_flags)

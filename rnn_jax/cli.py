@@ -8,16 +8,24 @@ Flags only: everything else happens in `train.train_and_evaluate(config, workdir
 
 import os
 import platform
+import re
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and summary; "
-                    "running the same command again resumes from it.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags(config_help: str = "Path to a config file in configs/.") -> None:
+  """--config (a config file, with --config.<field>=<value> overrides) and --workdir.
+
+  Defined when a command starts, not on import, so that importing this module (for
+  `parse_flags`) defines nothing.
+  """
+  config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and summary; "
+                      "running the same command again resumes from it.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
@@ -56,9 +64,50 @@ def _reexec_with_malloc_tunables() -> None:
     pass  # Carry on without the tunables rather than fail.
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with each mistake in a config file or override as one line
+  (what, where, the fix) and exit status 2 instead of a traceback of the flags library."""
+  config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  try:
+    rest = flags.FLAGS(argv)
+    flags.FLAGS.config.keys()  # A file that failed to load fails only when first read.
+    return rest
+  except flags.Error as e:  # Unknown flag, a value of the wrong type, a missing flag.
+    message = str(e)
+  except SyntaxError as e:
+    message = (f"The config file {config_file} has a syntax error at line {e.lineno}: "
+               f"{e.msg}. Fix the file.")
+  except (AttributeError, KeyError) as e:
+    text = e
+    while isinstance(text, BaseException):  # ConfigDict wraps a KeyError's message twice.
+      text = text.args[0] if text.args else str(text)
+    text = str(text)
+    if "get_config" in text:
+      message = (f"The config file {config_file} defines no get_config(). A config file "
+                 "defines get_config() returning a ConfigDict (see configs/mnist_lstm.py).")
+    else:
+      field = re.search(r"'(\w+)'", text)
+      hint = re.search(r'Did you mean "(\w+)"', text)
+      flag = next((a.split("=", 1)[0] for a in argv
+                   if field and a.startswith("--config.") and field.group(1) in a), "")
+      message = (f"{flag or 'A --config override'} names no config field "
+                 f"{field.group(1) if field else text!r}."
+                 + (f" Did you mean {hint.group(1)!r}?" if hint else "")
+                 + " rnn_jax/config.py lists every field.")
+  except OSError as e:
+    path = (config_file or "").split(":")[0]  # "file.py:argument" passes an argument.
+    reason = ("does not exist" if not os.path.exists(path)
+              else f"could not be read ({e.__cause__ or e})")
+    message = (f"The config file {path} {reason}. Fix: --config=configs/<name>.py, e.g. "
+               "configs/mnist_lstm.py.")
+  sys.stderr.write(f"{os.path.basename(argv[0])}: {' '.join(message.split())}\n")
+  sys.exit(2)
+
+
 def run() -> None:
+  define_flags()
   # absl's --help lists the main script's flags; ours are defined here, so adopt them there.
   for name in ("config", "workdir"):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   _reexec_with_malloc_tunables()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
