@@ -69,6 +69,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.curve_metric = "validation_accuracy"  # Epoch metric for the learning-curve plot.
   c.horizon_fraction = 0.01      # memory_horizon threshold.
   c.diagnostics_examples = 256   # Examples in the fixed batch of the final diagnostics.
+  c.on_mismatch = "refuse"       # A run dir trained with another config than its setting:
+                                 # 'refuse' (error), or 'retrain' (move it aside, train anew).
   return c
 
 
@@ -415,6 +417,25 @@ def _stale_diagnostics(workdir: str) -> bool:
 
 # ----------------------------------------------------------------------------- the sweep
 
+def _finished_or_moved_aside(config: ml_collections.ConfigDict, workdir: str,
+                             on_mismatch: str) -> bool:
+  """`_finished`; a run of another config is refused, or with on_mismatch='retrain' moved
+  to <workdir>.replaced-<time> (nothing is deleted) so that it is trained again."""
+  if on_mismatch not in ("refuse", "retrain"):
+    raise ValueError(f"on_mismatch={on_mismatch!r} is not one of 'refuse', 'retrain'.")
+  try:
+    return _finished(config, workdir)
+  except ValueError as e:
+    if on_mismatch == "refuse":
+      raise ValueError(f"{e} To train it again with this sweep's config instead (the old run "
+                       "is moved aside, not deleted), add --config.on_mismatch=retrain.") from e
+  aside = f"{workdir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+  os.replace(workdir, aside)
+  logging.warning("%s was trained with another config; moved to %s to train it again.",
+                  workdir, aside)
+  return False
+
+
 def _finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Whether `workdir` holds the finished run `config` stands for.
 
@@ -448,7 +469,8 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
       for c in configs:
         c.hidden_size = hidden
     dirs = [run_dir(workdir, name, seed) for seed in sweep.seeds]
-    todo = [i for i, (c, d) in enumerate(zip(configs, dirs)) if not _finished(c, d)]
+    todo = [i for i, (c, d) in enumerate(zip(configs, dirs))
+            if not _finished_or_moved_aside(c, d, sweep.on_mismatch)]
     kwargs = dict(horizon_fraction=sweep.horizon_fraction,
                   diagnostics_examples=sweep.diagnostics_examples)
     if sweep.trainer == "classifier":  # Finished runs from an older version: recompute.

@@ -189,3 +189,39 @@ def test_lm_validate_rejects_bad_lm_fields(field, value):
   config[field] = value
   with pytest.raises(ValueError, match=f"config.{field}="):
     lm.validate(config)
+
+
+def test_a_sweep_rerun_with_a_changed_base_is_refused_or_retrained_on_request(tmp_path):
+  """The finished runs were trained with hidden 6: a rerun with hidden 8 must not print the
+  hidden-6 table again. It is refused, naming the field; on request the old runs are moved
+  aside (kept) and trained again."""
+  workdir = str(tmp_path / "sweep")
+  sweep = _sweep({"cell": ["gru"]}, seeds=[0])
+  ablate.run_sweep(sweep, workdir)
+  changed = _sweep({"cell": ["gru"]}, seeds=[0])
+  changed.base.hidden_size = 8
+  with pytest.raises(ValueError, match=r"hidden_size: 6 -> 8.*--config.on_mismatch=retrain"):
+    ablate.run_sweep(changed, workdir)
+  changed.on_mismatch = "retrain"
+  rows = ablate.run_sweep(changed, workdir)
+  run = ablate.run_dir(workdir, "cell=gru", 0)
+  with open(os.path.join(run, "summary.json")) as f:
+    assert json.load(f)["config"]["hidden_size"] == 8
+  assert rows[0]["num_params"] == ablate.count_params(
+      ablate.run_config(changed.base, {"cell": "gru"}, 0))
+  moved = [d for d in os.listdir(os.path.dirname(run)) if d.startswith("seed_0.replaced-")]
+  assert len(moved) == 1
+  with open(os.path.join(os.path.dirname(run), moved[0], "summary.json")) as f:
+    assert json.load(f)["config"]["hidden_size"] == 6
+
+
+def test_a_finished_sweep_extended_with_a_larger_budget_trains_on(tmp_path):
+  workdir = str(tmp_path / "sweep")
+  ablate.run_sweep(_sweep({"cell": ["gru"]}, seeds=[0, 1]), workdir)
+  longer = _sweep({"cell": ["gru"]}, seeds=[0, 1])
+  longer.base.num_epochs = 3
+  ablate.run_sweep(longer, workdir)
+  for seed in (0, 1):
+    with open(os.path.join(ablate.run_dir(workdir, "cell=gru", seed), "summary.json")) as f:
+      summary = json.load(f)
+    assert summary["steps"] == 12 and summary["resumed_from_step"] == 8
