@@ -403,3 +403,26 @@ def test_real_imdb_counts_vocab_and_lengths():
   assert 0.85 < truncated < 0.99
   batch = next(task.train_batches(0))
   assert batch['inputs'].shape == (128, 80) and batch['inputs'].max() < 10_000
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize('damage', ['truncate_test_tfrecord', 'garbage_dataset_info'])
+def test_a_damaged_prepared_dataset_names_the_folder_and_how_to_prepare_it(tmp_path, damage):
+  """A copy of the real prepared MNIST, damaged: one clear error naming where and the fix."""
+  real_config_or_skip('mnist')
+  import shutil  # pylint: disable=g-import-not-at-top
+  source = os.path.join(REAL_DATA_DIR, 'mnist')
+  shutil.copytree(source, tmp_path / 'mnist')
+  version_dir = next((tmp_path / 'mnist').iterdir())
+  for f in version_dir.iterdir():
+    f.chmod(0o644)
+  if damage == 'truncate_test_tfrecord':
+    test_file = next(version_dir.glob('mnist-test.tfrecord*'))
+    with open(test_file, 'r+b') as f:
+      f.truncate(test_file.stat().st_size // 2)
+  else:
+    (version_dir / 'dataset_info.json').write_text('{"name": "mnist", "version": ')
+  config = make_config(dataset='mnist', data_dir=str(tmp_path), download=False,
+                       validation_size=5000, batch_size=128, eval_batch_size=1000)
+  with pytest.raises(data.DatasetCorruptError, match=r"mnist.* cannot be read.*Fix: prepare it"):
+    data.load(config, process_index=0, process_count=1)

@@ -19,7 +19,7 @@ from rnn_jax.data import common
 from rnn_jax.data import images
 from rnn_jax.data import imdb
 from rnn_jax.data import synthetic
-from rnn_jax.data.common import DEFAULTS, DatasetNotPreparedError, Task
+from rnn_jax.data.common import DEFAULTS, DatasetCorruptError, DatasetNotPreparedError, Task
 
 Loader = Callable[..., Task]
 
@@ -60,4 +60,4 @@ def load(config: Mapping[str, Any], workdir=None, *, process_index: int | None =
   return LOADERS[name](config, workdir, process_index=process_index, process_count=process_count)
 
 
-__all__ = ['DEFAULTS', 'DatasetNotPreparedError', 'LOADERS', 'Task', 'load', 'register']
+__all__ = ['DEFAULTS', 'DatasetCorruptError', 'DatasetNotPreparedError', 'LOADERS', 'Task', 'load', 'register']

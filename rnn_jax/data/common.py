@@ -47,6 +47,19 @@ class DatasetNotPreparedError(FileNotFoundError):
   """The dataset is not in the data dir and downloading was not asked for."""
 
 
+class DatasetCorruptError(ValueError):
+  """A prepared dataset's files cannot be read (truncated or altered)."""
+
+
+def _corrupt(tfds_name: str, where: str, error: Exception) -> DatasetCorruptError:
+  first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+  return DatasetCorruptError(
+      f'The prepared dataset {tfds_name!r} in {where} cannot be read: {type(error).__name__}: '
+      f'{first_line}. Nothing was trained. Fix: prepare it again: move {where} aside and run '
+      f"tfds.builder({tfds_name!r}).download_and_prepare() on a machine with internet access "
+      '(or copy that folder again from an intact TFDS data dir).')
+
+
 def field(config: Mapping[str, Any], name: str) -> Any:
   """`config.<name>`, or its entry in `DEFAULTS` when the config does not have it."""
   if name in DEFAULTS:
@@ -241,7 +254,10 @@ def read_splits(tfds_name: str, splits: tuple[str, ...], *, data_dir: str | None
   data dir or `download` is True.
   """
   tfds = _tfds()
-  builder = tfds.builder(tfds_name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except Exception as e:  # A damaged dataset_info.json / features.json fails to parse here.
+    raise _corrupt(tfds_name, f'the TFDS data dir {data_dir or "(tfds default)"}', e) from e
   if not builder.is_prepared():
     if not download:
       raise DatasetNotPreparedError(
@@ -254,8 +270,11 @@ def read_splits(tfds_name: str, splits: tuple[str, ...], *, data_dir: str | None
     builder.download_and_prepare()
   arrays = {}
   for split in splits:
-    ds = builder.as_dataset(split=split, shuffle_files=False).batch(8192)
-    parts = list(tfds.as_numpy(ds))
+    try:
+      ds = builder.as_dataset(split=split, shuffle_files=False).batch(8192)
+      parts = list(tfds.as_numpy(ds))
+    except Exception as e:  # A truncated or altered tfrecord: DataLossError and kin.
+      raise _corrupt(tfds_name, str(builder.data_dir), e) from e
     arrays[split] = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
   info = {'tfds_name': tfds_name, 'version': str(builder.version),
           'data_dir': str(builder.data_dir_root)}
