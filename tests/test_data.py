@@ -426,3 +426,24 @@ def test_a_damaged_prepared_dataset_names_the_folder_and_how_to_prepare_it(tmp_p
                        validation_size=5000, batch_size=128, eval_batch_size=1000)
   with pytest.raises(data.DatasetCorruptError, match=r"mnist.* cannot be read.*Fix: prepare it"):
     data.load(config, process_index=0, process_count=1)
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip_byte'])
+def test_a_damaged_encoded_text_cache_is_rebuilt(tmp_path, damage, caplog):
+  config = make_config(dataset='imdb_reviews', max_len=6)
+  first = load_mock(config, tmp_path)
+  cache = tmp_path / 'data' / 'imdb_encoded.npz'
+  raw = bytearray(cache.read_bytes())
+  if damage == 'truncate':
+    raw = raw[:len(raw) // 2]
+  else:
+    raw[len(raw) // 3] ^= 0x20
+  cache.write_bytes(bytes(raw))
+  with caplog.at_level('WARNING'):
+    again = load_mock(config, tmp_path)
+  assert 'imdb_encoded.npz is unreadable' in caplog.text and 'rebuilding' in caplog.text
+  for a, b in zip(first.eval_batches('test'), again.eval_batches('test')):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  with np.load(cache) as rewritten:  # Rewritten whole.
+    assert 'test/ids' in rewritten.files

@@ -37,6 +37,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -193,15 +194,21 @@ def _read_cache(workdir, vocab, settings):
   file = common.workdir_file(workdir, 'imdb_encoded.npz')
   if vocab is None or file is None or not file.exists():
     return None, None
-  with np.load(io.BytesIO(file.read_bytes())) as cache:
-    if str(cache['key']) != _cache_key(vocab, settings):
-      return None, None  # settings changed: re-encode from tfds
-    info = json.loads(str(cache['info']))
-    splits = collections.defaultdict(dict)
-    for name in cache.files:
-      if '/' in name:
-        split, column = name.split('/')
-        splits[split][column] = cache[name]
+  try:
+    with np.load(io.BytesIO(file.read_bytes())) as cache:
+      if str(cache['key']) != _cache_key(vocab, settings):
+        return None, None  # settings changed: re-encode from tfds
+      info = json.loads(str(cache['info']))
+      splits = collections.defaultdict(dict)
+      for name in cache.files:
+        if '/' in name:
+          split, column = name.split('/')
+          splits[split][column] = cache[name]
+  except Exception as e:  # A truncated or altered cache (zip CRC, pickle, JSON errors).
+    # Derived data only: rebuilt from the dataset and the saved vocabulary, then rewritten.
+    logging.warning('%s is unreadable (%s: %s); rebuilding it from the dataset.', file,
+                    type(e).__name__, str(e)[:200])
+    return None, None
   return dict(splits), info
 
 
