@@ -234,6 +234,8 @@ def _train_seeds(configs, workdirs, *, horizon_fraction, diagnostics_examples):
     train.save_config(w, c)
 
   tasks = [data.load(c, w) for c, w in zip(configs, workdirs)]
+  for t, w in zip(tasks, workdirs):
+    train.check_data_files(w, t)
   if len({t.steps_per_epoch for t in tasks}) > 1:
     raise ValueError("The seeds' tasks have different epoch lengths; use vmap_seeds=False.")
   steps_per_epoch = tasks[0].steps_per_epoch
@@ -241,8 +243,8 @@ def _train_seeds(configs, workdirs, *, horizon_fraction, diagnostics_examples):
   tx, schedule = train.build_optimizer(config, steps_per_epoch * config.num_epochs)
   ckpts = [checkpoints.Checkpoints(os.path.join(w, "checkpoints"), keep=config.keep_checkpoints,
                                    keep_best=1, best_metric="validation_accuracy",
-                                   record=train.run_record(c))
-           for c, w in zip(configs, workdirs)]
+                                   record=train.run_record(c, t))
+           for c, w, t in zip(configs, workdirs, tasks)]
   fresh = [train.create_train_state(model, tx, c.seed) for c in configs]
   restored = [ck.restore_latest(s) for ck, s in zip(ckpts, fresh)]
   steps = {0 if r is None else int(r[1]) for r in restored}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -363,12 +364,13 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   jax.distributed.initialize(**counts)
 
 
-def recorded_config(workdir: str) -> dict[str, Any] | None:
-  """The config of the run whose checkpoint `workdir` holds, or None if nothing was saved.
+def recorded_run(workdir: str) -> dict[str, Any] | None:
+  """The record (`run_record`) of the run whose checkpoint `workdir` holds, or None if
+  nothing was saved.
 
   It travels inside each checkpoint (the `record` of `checkpoints.Checkpoints`), so it is the
   config that trained those parameters whatever config.json says; a checkpoint written
-  before that existed falls back to config.json.
+  before that existed falls back to {"config": config.json}.
   """
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(os.path.join(directory, "latest")):
@@ -379,12 +381,18 @@ def recorded_config(workdir: str) -> dict[str, Any] | None:
   if step is None:
     return None
   if record and "config" in record:
-    return record["config"]
+    return record
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f)
+      return {"config": json.load(f)}
   return None
+
+
+def recorded_config(workdir: str) -> dict[str, Any] | None:
+  """The config inside `recorded_run(workdir)`, or None."""
+  record = recorded_run(workdir)
+  return None if record is None else record["config"]
 
 
 def check_resume_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -435,9 +443,38 @@ def _check_batch_shapes(task: data.Task, batch: Batch) -> None:
         "declared seq_len / input_size.")
 
 
-def run_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What every checkpoint of a run carries about it: the config that trained it."""
-  return {"config": json.loads(config.to_json_best_effort())}
+def run_record(config: ml_collections.ConfigDict,
+               task: data.Task | None = None) -> dict[str, Any]:
+  """What every checkpoint of a run carries about it: the config that trained it and the
+  SHA-256 of each file its data depends on (`task.metadata`'s "*_file" entries: the IMDB
+  vocabulary, the pixel permutation), which `check_data_files` compares on resume."""
+  files = {} if task is None else {
+      name: _sha256(path) for name, path in task.metadata.items()
+      if name.endswith("_file") and path and os.path.exists(path)}
+  return {"config": json.loads(config.to_json_best_effort()), "data_files": files}
+
+
+def check_data_files(workdir: str, task: data.Task) -> None:
+  """Refuses to resume when a file the data depends on differs from the checkpoint's: the
+  parameters were trained with the old one (a changed vocabulary re-maps every word)."""
+  record = recorded_run(workdir)
+  recorded = (record or {}).get("data_files") or {}
+  current = run_record(ml_collections.ConfigDict(), task)["data_files"]
+  changed = [f"{task.metadata[name]}" for name, digest in recorded.items()
+             if current.get(name, digest) != digest]
+  if changed:
+    raise ValueError(
+        f"{', '.join(changed)} differs from the file the checkpoint in {workdir} was trained "
+        "with (its SHA-256 is stored in the checkpoint). Fix: put the original file back, or "
+        "use a new --workdir.")
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -492,6 +529,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_resume_compatible(workdir, config)
 
   task = data.load(config, workdir)
+  check_data_files(workdir, task)
   if primary:  # Only after the data accepted the config: a rejected value must not stick.
     save_config(workdir, config)
   model = build_model(config, task)
@@ -503,7 +541,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"),
                                  keep=config.keep_checkpoints, keep_best=1,
-                                 best_metric="validation_accuracy", record=run_record(config))
+                                 best_metric="validation_accuracy",
+                                 record=run_record(config, task))
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, _ = restored

@@ -70,3 +70,19 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_dead_holder_is_not_in_t
     holder.wait()
   assert (tmp_path / "LOCK").exists()  # Left behind by the killed process.
   assert run(tiny_config(num_epochs=1), tmp_path)["steps"] > 0
+
+
+def test_a_changed_vocabulary_is_refused_on_resume(tmp_path):
+  """The checkpoint stores the SHA-256 of the vocabulary it was trained with: a vocab.txt
+  with two words swapped (every id after it re-mapped) is refused, naming the file."""
+  config = dict(dataset="imdb_reviews", cell="gru", max_len=12, vocab_size=40, embed_size=4)
+  run(tiny_config(num_epochs=1, **config), tmp_path)
+  vocab = tmp_path / "data" / "vocab.txt"
+  words = vocab.read_text().split("\n")
+  words[5], words[6] = words[6], words[5]
+  original = vocab.read_text()
+  vocab.write_text("\n".join(words))
+  with pytest.raises(ValueError, match=r"vocab.txt differs from the file the checkpoint"):
+    run(tiny_config(num_epochs=2, **config), tmp_path)
+  vocab.write_text(original)
+  assert run(tiny_config(num_epochs=2, **config), tmp_path)["resumed_from_step"] > 0
