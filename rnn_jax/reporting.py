@@ -106,6 +106,10 @@ class _EventFile:
 _warned_no_tensorboard = False
 
 
+class MetricsWriteError(OSError):
+  """metrics.jsonl or the TensorBoard events could not be written."""
+
+
 class MetricWriter:
   """Appends metrics to ``<workdir>/metrics.jsonl`` and TensorBoard (``<workdir>/tensorboard``).
 
@@ -168,14 +172,21 @@ class MetricWriter:
     now = time.time()
     values = to_json_safe(dict(metrics))
     record = {'step': int(step), 'kind': str(kind), 'time': round(now, 3), **values}
-    self._file.write(json.dumps(record) + '\n')
-    self._file.flush()
-    if self._events is not None:
-      scalars = {f'{kind}/{name}': float(value) for name, value in values.items()
-                 if isinstance(value, (int, float)) and not isinstance(value, bool)}
-      if scalars:
-        self._events.scalars(int(step), now, scalars)
-        self._events.flush()
+    try:
+      self._file.write(json.dumps(record) + '\n')
+      self._file.flush()
+      if self._events is not None:
+        scalars = {f'{kind}/{name}': float(value) for name, value in values.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        if scalars:
+          self._events.scalars(int(step), now, scalars)
+          self._events.flush()
+    except OSError as e:  # A full disk, a quota, a folder gone read-only.
+      raise MetricsWriteError(
+          f'Could not write metrics for step {int(step)} to {self.workdir} ({e.strerror or e}). '
+          'The checkpoints already saved are intact, and a line cut short is skipped when '
+          'metrics are read. Fix: free disk space (or fix permissions), then run the same '
+          'command to resume.') from e
 
   def flush(self) -> None:
     if self._file is not None:
@@ -186,8 +197,11 @@ class MetricWriter:
 
   def close(self) -> None:
     if self._file is not None:
-      self.flush()
-      self._file.close()
+      try:
+        self.flush()
+        self._file.close()
+      except OSError as e:  # Already reported by the write that failed; do not mask it.
+        logging.warning('Closing %s failed: %s', self.path, e)
       self._file = None
     if self._events is not None:
       self._events.close()

@@ -192,3 +192,24 @@ def test_summary_is_atomic_and_json_safe(tmp_path, monkeypatch):
   monkeypatch.undo()
   assert json.loads((tmp_path / 'summary.json').read_text())['steps'] == 1000
   assert sorted(os.listdir(tmp_path)) == ['summary.json']
+
+
+def test_a_full_disk_while_writing_metrics_is_one_clear_error(tmp_path):
+  """Files may not grow past their size now (what a full disk does to appends)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  writer = reporting.MetricWriter(tmp_path, tensorboard=False)
+  writer.write(1, {'loss': 1.0})
+  size = os.path.getsize(tmp_path / 'metrics.jsonl')
+  old = resource.getrlimit(resource.RLIMIT_FSIZE)
+  previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (size, old[1]))
+  try:
+    with pytest.raises(reporting.MetricsWriteError,
+                       match=r'Could not write metrics for step 2 .*Fix: free disk space'):
+      for _ in range(100):  # Past the buffer: the flush hits the limit.
+        writer.write(2, {'loss': 2.0, 'padding': 'x' * 1000})
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, old)
+    signal.signal(signal.SIGXFSZ, previous)
+  assert [r['step'] for r in reporting.read_metrics(tmp_path)] == [1]
