@@ -426,6 +426,39 @@ def check_workdir_writable(workdir: str) -> None:
         "or fix its permissions.") from e
 
 
+def check_fits_in_memory(model: models.SequenceModel, config: ml_collections.ConfigDict,
+                         task: data.Task) -> None:
+  """Refuses, before anything is allocated, a model whose memory certainly exceeds a device's.
+
+  The estimate is a lower bound: parameters x 4 (params, gradients, Adam's two moments),
+  plus what the backward pass keeps per step (with remat: the carries only). A model above
+  it cannot run; one below may still not fit, and then XLA says so.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+  cell = model.recurrent_cell
+  per_step = cell.carry_size if config.remat else cell.carry_size + cell.num_gates
+  directions = 2 if model.bidirectional else 1
+  rows = config.batch_size // jax.device_count()
+  activation_bytes = (rows * task.seq_len * model.num_layers * directions * model.hidden_size
+                      * per_step * 4)
+  needed = 4 * param_bytes + activation_bytes
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  available = (stats or {}).get("bytes_limit")
+  if available is None:  # CPU: the machine's physical memory.
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  if needed > available:
+    gib = lambda b: f"{b / 2**30:.1f} GiB"
+    raise ValueError(
+        f"This model needs at least {gib(needed)} per device ({models.num_params(shapes):,} "
+        f"parameters: {gib(4 * param_bytes)} with gradients and Adam's moments; activations "
+        f"{gib(activation_bytes)} for {rows} examples x {task.seq_len} steps), but "
+        f"{device.platform} device {device.id} has {gib(available)}. Nothing was run. Fix: "
+        "lower --config.hidden_size, --config.batch_size or --config.num_layers, or set "
+        "--config.remat=True.")
+
+
 def _check_batch_shapes(task: data.Task, batch: Batch) -> None:
   """A batch whose shape is not the one the task declares would train a wrong model quietly."""
   inputs, per_process = np.shape(batch["inputs"]), task.batch_size // task.process_count
@@ -533,6 +566,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if primary:  # Only after the data accepted the config: a rejected value must not stick.
     save_config(workdir, config)
   model = build_model(config, task)
+  check_fits_in_memory(model, config, task)
   total_steps = task.steps_per_epoch * config.num_epochs
   tx, schedule = build_optimizer(config, total_steps)
   runner = Runner(config.parallel, model, tx, schedule)

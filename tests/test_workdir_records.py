@@ -86,3 +86,11 @@ def test_a_changed_vocabulary_is_refused_on_resume(tmp_path):
     run(tiny_config(num_epochs=2, **config), tmp_path)
   vocab.write_text(original)
   assert run(tiny_config(num_epochs=2, **config), tmp_path)["resumed_from_step"] > 0
+
+
+def test_a_model_too_large_for_the_machine_says_the_memory_it_needs(tmp_path):
+  with pytest.raises(ValueError, match=r"needs at least [\d.]+ GiB per device .*parameters.*"
+                                       r"has [\d.]+ GiB\. Nothing was run\. Fix: lower"):
+    run(tiny_config(num_epochs=1, hidden_size=200_000), tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
+  assert run(tiny_config(num_epochs=1), tmp_path)["steps"] > 0  # The fixed command runs.
