@@ -96,6 +96,17 @@ RUNNING_FIELDS = _fields(_running_fields)
 BUDGET_FIELDS = ("num_epochs", "max_steps", "max_tokens")
 
 
+def changed_fields(old: Mapping, new: Mapping) -> dict[str, list]:
+  """{field: [old value, new value]} for every field that differs (missing = its default)."""
+  reference = json.loads(defaults().to_json_best_effort())
+  changes = {}
+  for name in sorted(set(old) | set(new)):
+    before, after = old.get(name, reference.get(name)), new.get(name, reference.get(name))
+    if before != after:
+      changes[name] = [before, after]
+  return changes
+
+
 def resume_conflicts(old: Mapping, new: Mapping) -> list[str]:
   """What keeps the run recorded as `old` (its config.json) from being resumed as `new`.
 
@@ -103,13 +114,9 @@ def resume_conflicts(old: Mapping, new: Mapping) -> list[str]:
   may grow if the learning rate is constant. A field missing from `old` (a run written before
   it existed) counts as its default. Returns one "field: old -> new (why)" line per conflict.
   """
-  reference = json.loads(defaults().to_json_best_effort())
   conflicts = []
-  for name in sorted(set(old) | set(new)):
+  for name, (before, after) in changed_fields(old, new).items():
     if name in RUNNING_FIELDS:
-      continue
-    before, after = old.get(name, reference.get(name)), new.get(name, reference.get(name))
-    if before == after:
       continue
     if name in BUDGET_FIELDS and new.get("lr_schedule", "constant") == "constant":
       unlimited = lambda v: name != "num_epochs" and v == 0

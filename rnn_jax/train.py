@@ -573,6 +573,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = create_train_state(model, tx, config.seed)
   num_params = models.num_params(state.params)
 
+  recorded = recorded_config(workdir)
   ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"),
                                  keep=config.keep_checkpoints, keep_best=1,
                                  best_metric="validation_accuracy",
@@ -585,6 +586,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = reporting.MetricWriter(workdir, enabled=primary)
   cleanup.callback(writer.close)
   first_step = int(state.step)
+  if restored is not None and recorded is not None:  # What changed, said in the record.
+    changed = config_lib.changed_fields(recorded, json.loads(config.to_json_best_effort()))
+    if changed:
+      writer.write(first_step, {"changed": changed}, kind="resume")
   state = runner.put_state(state)
 
   first_batch = next(task.train_batches(0))

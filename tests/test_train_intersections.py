@@ -145,10 +145,14 @@ def test_every_field_that_defines_the_run_is_checked_on_resume(tmp_path, field, 
     run(tiny_config(num_epochs=1, **{field: value}), tmp_path)
 
 
-def test_how_a_run_is_run_may_change_on_resume(tmp_path):
+def test_how_a_run_is_run_may_change_on_resume_and_the_record_says_so(tmp_path):
   run(tiny_config(num_epochs=1), tmp_path)
-  run(tiny_config(num_epochs=1, log_every_steps=5, checkpoint_every_steps=7, eval_batch_size=8,
+  run(tiny_config(num_epochs=2, log_every_steps=5, checkpoint_every_steps=7, eval_batch_size=8,
                   parallel="sharded"), tmp_path)
+  resume, = reporting.read_metrics(str(tmp_path), "resume")
+  assert resume["step"] == 6 and resume["changed"] == {
+      "log_every_steps": [2, 5], "checkpoint_every_steps": [3, 7], "eval_batch_size": [40, 8],
+      "parallel": ["jit", "sharded"], "num_epochs": [1, 2]}
 
 
 def test_a_finished_run_extended_equals_a_run_trained_straight(tmp_path):
