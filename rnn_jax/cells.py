@@ -462,3 +462,42 @@ def mgu(recurrent_init: str = "orthogonal") -> Cell:
     return h, h
 
   return Cell("mgu", 2, 1, init, step, (("recurrent_init", recurrent_init),))
+
+
+@register("rnn_miswired_pair")
+def rnn_miswired_pair() -> Cell:
+  """Two tanh cells wired as a well-known IMDB notebook wires them (not a stack).
+
+  The notebook's loop calls its second cell as `cell1(word, state0)`: it reads the word
+  embedding (not the first cell's output) and the first cell's NEW state as its state, and
+  its own state is never fed back. So, per step:
+
+      s' = tanh(x W_0 + s U_0 + b_0)           (the first cell: a plain tanh RNN)
+      y' = tanh(x W_1 + s' U_1 + b_1)          (the second cell: no recurrence of its own)
+
+  and the classifier reads the last y. Carry (y, s), y first so that it is the output that
+  `hidden_of` and the read-out see; the previous y is never read. Params fused as the other
+  cells': w_x = [W_0 | W_1], w_h = [U_0 | U_1], b = [b_0 | b_1]; initialised like two Keras
+  `SimpleRNNCell`s (Glorot-uniform W per cell, orthogonal U, zero b). A proper 2-layer stack
+  is `cell='rnn', num_layers=2` (configs/imdb_stacked_rnn_seed.py); this one exists to
+  reproduce what the notebook computed (configs/imdb_notebook_rnn_seed.py).
+  """
+  def init(key, input_size, hidden_size):
+    params = _dense_params(key, input_size, hidden_size, 2)
+    k0, k1 = jax.random.split(jax.random.fold_in(key, 1))
+    params["w_x"] = jnp.concatenate([_input_weights(k, input_size, hidden_size)
+                                     for k in (k0, k1)], axis=1)  # Glorot per cell.
+    return params
+
+  def step(params, carry, x, h_mask=None):
+    _, s = carry
+    hidden = s.shape[-1]
+    w_x0, w_x1 = params["w_x"][:, :hidden], params["w_x"][:, hidden:]
+    w_h0, w_h1 = params["w_h"][:, :hidden], params["w_h"][:, hidden:]
+    b0, b1 = params["b"][:hidden], params["b"][hidden:]
+    s_in = s if h_mask is None else s * h_mask
+    s = jnp.tanh(x @ w_x0 + s_in @ w_h0 + b0)
+    y = jnp.tanh(x @ w_x1 + (s if h_mask is None else s * h_mask) @ w_h1 + b1)
+    return (y, s), y
+
+  return Cell("rnn_miswired_pair", 2, 2, init, step)

@@ -52,6 +52,8 @@ def _run_fields(c: ml_collections.ConfigDict) -> None:
   c.dropout_rate = 0.0           # Dropout on inputs and on every layer's output.
   c.recurrent_dropout_rate = 0.0  # Variational dropout on h inside the recurrence.
   c.variational_dropout = False  # One input/output dropout mask per sequence, not per step.
+  c.dropout_mode = "outputs"     # 'outputs': inputs, every layer's output and the read-out;
+                                 # 'cell_inputs': Keras' cell dropout= (what enters each layer).
   c.truncation = placeholder(int)  # Truncated BPTT window k in steps; None = full BPTT.
   c.unroll = 1                   # lax.scan unroll factor.
   c.remat = False                # Recompute each step in the backward pass (less memory).
@@ -137,6 +139,7 @@ _CHOICES = {
     "padding": ("pre", "post"),
     "truncating": ("pre", "post"),
     "readout": ("last", "mean"),
+    "dropout_mode": ("outputs", "cell_inputs"),
     "lr_schedule": ("constant", "cosine", "warmup_cosine"),
     "nonfinite": ("stop", "skip"),
     "parallel": ("auto", "jit", "sharded", "pmap"),

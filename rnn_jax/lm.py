@@ -102,7 +102,8 @@ def build_model(config) -> models.SequenceModel:
       hidden_size=config.hidden_size, num_layers=config.num_layers,
       num_outputs=config.vocab_size, readout="all", dropout_rate=config.dropout_rate,
       recurrent_dropout_rate=config.recurrent_dropout_rate,
-      variational_dropout=config.variational_dropout, unroll=config.unroll, remat=config.remat)
+      variational_dropout=config.variational_dropout, dropout_mode=config.dropout_mode,
+      unroll=config.unroll, remat=config.remat)
 
 
 def zero_carries(model: models.SequenceModel, batch: int) -> list[Any]:

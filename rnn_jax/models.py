@@ -19,6 +19,7 @@ import optax
 from rnn_jax import cells, recurrent
 
 READOUTS = ("last", "mean", "all")
+DROPOUT_MODES = ("outputs", "cell_inputs")
 INPUT_KINDS = ("features", "tokens")
 
 
@@ -40,6 +41,10 @@ class SequenceModel:
     dropout_rate: dropout on the (embedded) inputs and on every layer's output.
     recurrent_dropout_rate: variational dropout on h in the recurrence.
     variational_dropout: one dropout mask per sequence for inputs/outputs too.
+    dropout_mode: "outputs" (dropout on the inputs, every layer's output and the read-out
+      state, TF's DropoutWrapper on every cell) or "cell_inputs" (Keras' `dropout=` of a
+      recurrent cell: only what enters each layer, the embedded inputs and the outputs of the
+      layers below, one mask per sequence; the top layer's output and the read-out are kept).
     truncation, unroll, remat: see `rnn_jax.recurrent.scan`.
   """
   cell: str = "lstm"
@@ -55,6 +60,7 @@ class SequenceModel:
   dropout_rate: float = 0.0
   recurrent_dropout_rate: float = 0.0
   variational_dropout: bool = False
+  dropout_mode: str = "outputs"
   truncation: int | None = None
   unroll: int = 1
   remat: bool = False
@@ -64,6 +70,8 @@ class SequenceModel:
       raise ValueError(f"input_kind {self.input_kind!r} is not one of {INPUT_KINDS}.")
     if self.readout not in READOUTS:
       raise ValueError(f"readout {self.readout!r} is not one of {READOUTS}.")
+    if self.dropout_mode not in DROPOUT_MODES:
+      raise ValueError(f"dropout_mode {self.dropout_mode!r} is not one of {DROPOUT_MODES}.")
     if self.input_kind == "tokens" and self.embed_size < 1:
       raise ValueError("A token model needs embed_size >= 1.")
     for name in ("input_size", "hidden_size", "num_layers", "num_outputs"):
@@ -108,14 +116,15 @@ class SequenceModel:
     k_in = k_rnn = None
     if key is not None:  # Per-example keys: masks independent of the batch's split.
       k_in, k_rnn = recurrent.split_keys(recurrent.example_keys(key, xs.shape[0]), 2)
-    xs = recurrent.dropout(k_in, xs, self.dropout_rate,
-                           shared_axes=(1,) if self.variational_dropout else ())
+    cell_inputs = self.dropout_mode == "cell_inputs"
+    variational = self.variational_dropout or cell_inputs
+    xs = recurrent.dropout(k_in, xs, self.dropout_rate, shared_axes=(1,) if variational else ())
     return recurrent.run_layers(
         self.recurrent_cell, params["rnn"], xs, lengths=lengths,
         initial_carries=initial_carries, key=k_rnn, dropout_rate=self.dropout_rate,
         recurrent_dropout_rate=self.recurrent_dropout_rate,
-        variational=self.variational_dropout, truncation=self.truncation, unroll=self.unroll,
-        remat=self.remat, probes=probes)
+        variational=variational, truncation=self.truncation, unroll=self.unroll,
+        remat=self.remat, probes=probes, top_output_dropout=not cell_inputs)
 
   def apply(self, params: dict[str, Any], inputs: jax.Array,
             lengths: jax.Array | None = None, *, key: jax.Array | None = None,
@@ -142,7 +151,8 @@ class SequenceModel:
         pooled = cells.hidden_of(top)
       # The top layer's output dropout applies to `ys`; apply the same treatment to the read
       # out state so "last" and "mean" see the same regularisation.
-      pooled = recurrent.dropout(k_readout, pooled, self.dropout_rate)
+      if self.dropout_mode == "outputs":
+        pooled = recurrent.dropout(k_readout, pooled, self.dropout_rate)
     elif self.readout == "mean":
       if lengths is None:
         pooled = ys.mean(axis=1)

@@ -237,7 +237,8 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
                key: jax.Array | None = None, dropout_rate: float = 0.0,
                recurrent_dropout_rate: float = 0.0, variational: bool = False,
                truncation: int | None = None, unroll: int = 1, remat: bool = False,
-               probes: Sequence[Any] | None = None) -> tuple[list[Any], jax.Array]:
+               probes: Sequence[Any] | None = None,
+               top_output_dropout: bool = True) -> tuple[list[Any], jax.Array]:
   """Runs a stack of (optionally bidirectional) layers, TF's `MultiRNNCell` generalised.
 
   Args:
@@ -254,6 +255,8 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
     recurrent_dropout_rate: variational dropout on h where it enters the recurrence; one mask per
       sequence and layer, reused at every step.
     variational: share the output dropout mask over time too.
+    top_output_dropout: False leaves the top layer's output undropped, so that dropout acts
+      only where a layer's output enters the next layer (Keras' per-cell input dropout).
     truncation, unroll, remat: see `scan`.
     probes: per layer, a probe carry (or {"fwd":..., "bwd":...}) for `scan(probes=...)`.
 
@@ -284,7 +287,8 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
       outputs.append(ys)
       layer_final[direction] = carry
     xs = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
-    xs = dropout(dir_keys[2], xs, dropout_rate, shared_axes=(1,) if variational else ())
+    if top_output_dropout or index + 1 < len(layers):
+      xs = dropout(dir_keys[2], xs, dropout_rate, shared_axes=(1,) if variational else ())
     finals.append(layer_final["fwd"] if len(directions) == 1 else layer_final)
   return finals, xs
 

@@ -69,7 +69,8 @@ def build_model(config: ml_collections.ConfigDict, task: data.Task) -> models.Se
       hidden_size=config.hidden_size, num_layers=config.num_layers,
       bidirectional=config.bidirectional, num_outputs=num_outputs, readout=config.readout,
       dropout_rate=config.dropout_rate, recurrent_dropout_rate=config.recurrent_dropout_rate,
-      variational_dropout=config.variational_dropout, truncation=config.truncation,
+      variational_dropout=config.variational_dropout, dropout_mode=config.dropout_mode,
+      truncation=config.truncation,
       unroll=config.unroll, remat=config.remat)
 
 

@@ -88,3 +88,23 @@ def test_bad_model_settings_are_clear_errors():
     models.SequenceModel(readout="first", **IMAGE)
   with pytest.raises(ValueError, match="hidden_size must be >= 1"):
     models.SequenceModel(**{**IMAGE, "hidden_size": -3})
+
+
+def test_cell_inputs_dropout_leaves_the_top_output_and_the_read_out_alone():
+  """dropout_mode='cell_inputs' (Keras' cell dropout=): what enters each layer is dropped,
+  the top layer's output and the read-out state are not, unlike 'outputs'."""
+  from rnn_jax import recurrent  # pylint: disable=g-import-not-at-top
+  ids = jax.random.randint(jax.random.key(3), (6, 9), 2, 30)
+  key = jax.random.key(4)
+  for mode, top_dropped in (("cell_inputs", False), ("outputs", True)):
+    model = models.SequenceModel(cell="rnn", input_kind="tokens", input_size=30, embed_size=8,
+                                 hidden_size=16, num_layers=2, num_outputs=2,
+                                 dropout_rate=0.5, dropout_mode=mode)
+    params = model.init(jax.random.key(0))
+    k_features, _ = recurrent.split_keys(recurrent.example_keys(key, 6), 2)
+    finals, ys = model.features(params, ids, key=k_features)
+    assert bool(jnp.any(ys == 0)) == top_dropped
+    undropped = finals[-1] @ params["head"]["w"] + params["head"]["b"]
+    logits = model.apply(params, ids, key=key)
+    assert np.allclose(logits, undropped, atol=1e-6) != top_dropped
+    assert not np.allclose(logits, model.apply(params, ids), atol=1e-4)  # Dropout acts.

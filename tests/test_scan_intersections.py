@@ -45,6 +45,7 @@ CELLS = {
     "gru": ("gru", {}),
     "gru-reset-before": ("gru", {"reset_after": False}),
     "mgu": ("mgu", {}),
+    "rnn-miswired-pair": ("rnn_miswired_pair", {}),
 }
 
 
@@ -180,6 +181,14 @@ def _np_step(cell_id, p, carry, x, m):
     o = _sigmoid(z["o"] + (p["w_co"] * c_new if peephole else 0.0))
     h = o * np.tanh(c_new)
     return (h, c_new), h
+  if name == "rnn_miswired_pair":  # s' = tanh(x W0 + s U0 + b0); y' = tanh(x W1 + s' U1 + b1)
+    _, state = carry
+    w_x0, w_x1 = np.split(p["w_x"], 2, axis=1)
+    w_h0, w_h1 = np.split(p["w_h"], 2, axis=1)
+    b0, b1 = np.split(p["b"], 2)
+    state = np.tanh(x @ w_x0 + (state * m) @ w_h0 + b0)
+    y = np.tanh(x @ w_x1 + (state * m) @ w_h1 + b1)
+    return (y, state), y
   hm = carry * m
   if name == "gru":
     w_xr, w_xz, w_xn = np.split(p["w_x"], 3, axis=1)
@@ -208,7 +217,7 @@ def _np_run(cell_id, params, xs, lengths, reverse, mask, carry0=None):
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
   x = np.asarray(xs, np.float64)
   m = np.ones((BATCH, HIDDEN)) if mask is None else np.asarray(mask, np.float64)
-  lstm = CELLS[cell_id][0] == "lstm"
+  lstm = CELLS[cell_id][0] in ("lstm", "rnn_miswired_pair")  # Two-part carries.
   ys, finals = np.zeros((BATCH, TIME, HIDDEN)), []
   for b, n in enumerate(_lengths_of(lengths)):
     if carry0 is None:
