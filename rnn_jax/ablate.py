@@ -13,9 +13,10 @@ runs (recomputing diagnostics.json from the last checkpoint when an older versio
 and resumes the others; a run trained with a different config is refused, naming the
 fields. To extend a finished sweep, raise its budget on the same workdir, e.g.
 `--config.base.num_epochs=20` (constant learning rate only): every run resumes from its last
-checkpoint and trains on, exactly as if it had been started with the larger budget. DIR/results.md and DIR/results.csv hold mean +- std
-over seeds; DIR/plots/ the learning curves, a summary bar chart and the gradient norm through
-time.
+checkpoint and trains on, as if it had been started with the larger budget (exactly so for
+classifier runs; the LM restarts its carries at zero where the old budget ended).
+DIR/results.md and DIR/results.csv hold mean +- std over seeds; DIR/plots/ the learning
+curves, a summary bar chart and the gradient norm through time.
 
 Vmapped seeds (`vmap_seeds=True`): each seed keeps its own params, optimizer state, dropout
 key AND its own data (its task is loaded with its own seed, so its train order, and for

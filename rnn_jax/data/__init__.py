@@ -60,4 +60,5 @@ def load(config: Mapping[str, Any], workdir=None, *, process_index: int | None =
   return LOADERS[name](config, workdir, process_index=process_index, process_count=process_count)
 
 
-__all__ = ['DEFAULTS', 'DatasetCorruptError', 'DatasetNotPreparedError', 'LOADERS', 'Task', 'load', 'register']
+__all__ = ['DEFAULTS', 'DatasetCorruptError', 'DatasetNotPreparedError', 'LOADERS', 'Task', 'load',
+           'register']
