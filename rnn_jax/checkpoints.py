@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import logging
 import math
 import os
@@ -57,6 +58,31 @@ __all__ = ['Checkpoints', 'CheckpointError']
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written, or no saved checkpoint could be read back."""
+
+
+def latest_record(directory: str | os.PathLike[str]) -> tuple[int, dict[str, Any] | None] | None:
+  """(step, record) of the newest complete step in ``directory``/latest, or None if none.
+
+  Reads the step's metadata file directly, without an Orbax manager, so that every process
+  of a multi-process run can call it at any time (a manager synchronizes the processes).
+  The record is None for a step written before records existed.
+  """
+  folder = os.path.join(os.fspath(directory), 'latest')
+  try:
+    names = os.listdir(folder)
+  except OSError:
+    return None
+  for step in sorted((int(n) for n in names if n.isdigit()), reverse=True):
+    step_dir = os.path.join(folder, str(step))
+    if not os.path.exists(os.path.join(step_dir, 'commit_success.txt')):
+      continue  # Not a finished write.
+    try:
+      with open(os.path.join(step_dir, '_CHECKPOINT_METADATA'), encoding='utf-8') as f:
+        metadata = json.load(f)
+    except (OSError, ValueError):
+      return step, None
+    return step, (metadata.get('custom_metadata') or {}).get('record')
+  return None
 
 
 class ChecksumMismatch(ValueError):

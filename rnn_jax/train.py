@@ -373,14 +373,10 @@ def recorded_run(workdir: str) -> dict[str, Any] | None:
   config that trained those parameters whatever config.json says; a checkpoint written
   before that existed falls back to {"config": config.json}.
   """
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(os.path.join(directory, "latest")):
+  latest = checkpoints.latest_record(os.path.join(workdir, "checkpoints"))
+  if latest is None:
     return None
-  with checkpoints.Checkpoints(directory, read_only=True) as ckpt:
-    step = ckpt.latest_step()
-    record = None if step is None else ckpt.record(step)
-  if step is None:
-    return None
+  _, record = latest
   if record and "config" in record:
     return record
   path = os.path.join(workdir, "config.json")
