@@ -215,7 +215,9 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
     summaries = _train_seeds(configs, workdirs, horizon_fraction=horizon_fraction,
                              diagnostics_examples=diagnostics_examples)
   if summaries is None:  # Stopped at different steps: let each seed resume on its own.
-    return [train.train_and_evaluate(c, w) for c, w in zip(configs, workdirs)]
+    return [train_one(c, w, horizon_fraction=horizon_fraction,
+                      diagnostics_examples=diagnostics_examples)
+            for c, w in zip(configs, workdirs)]
   return summaries
 
 
@@ -428,12 +430,13 @@ def _finished_or_moved_aside(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"on_mismatch={on_mismatch!r} is not one of 'refuse', 'retrain'.")
   try:
     return _finished(config, workdir)
-  except ValueError as e:
+  except train.ResumeConflictError as e:
     if on_mismatch == "refuse":
       raise ValueError(f"{e} To train it again with this sweep's config instead (the old run "
                        "is moved aside, not deleted), add --config.on_mismatch=retrain.") from e
   aside = f"{workdir}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-  os.replace(workdir, aside)
+  with workdir_lib.lock(workdir):  # Never from under a run that is still training there.
+    os.replace(workdir, aside)
   logging.warning("%s was trained with another config; moved to %s to train it again.",
                   workdir, aside)
   return False

@@ -130,9 +130,11 @@ def option_type_errors(name: str, options: dict[str, Any]) -> list[str]:
     if isinstance(default, bool):
       ok, kind = isinstance(value, bool), "True or False"
     elif isinstance(default, int):
-      ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+      ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and float(value).is_integer())
+      kind = "an integer"
     elif isinstance(default, float):
-      ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+      ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value))
       kind = "a finite number"
     elif isinstance(default, str):

@@ -19,8 +19,10 @@ and exercised in tests/test_checkpoints.py):
   dtype and shape) in the step's own metadata, committed with the step, and every restore
   recomputes and compares them. A mismatch, like a truncated or garbage metadata, manifest
   or array file (which raise on restore), is reported with ``logging.warning``; the step is
-  moved to ``corrupt/`` and the next older one is tried. A corrupt ``best`` step is moved
-  aside too, but raises instead of quietly giving the second best.
+  moved to ``corrupt/`` and the next older one is tried. A ``best`` step whose arrays fail
+  verification is moved aside too, but raises instead of quietly giving the second best (an
+  unreadable best step is moved aside and the next best is used, with a warning). A restore
+  into a target of another dtype or shape than was saved moves nothing and raises.
 * A step may carry a small JSON ``record`` (the trainer stores the run's config there), so
   what produced a checkpoint travels inside it.
 * On several processes every process calls save/restore; Orbax writes and deletes from
@@ -90,7 +92,10 @@ class ChecksumMismatch(ValueError):
 
 
 def tree_checksums(tree: PyTree) -> dict[str, str]:
-  """{path in the tree: SHA-256 of the leaf's dtype, shape and bytes}, for verification.
+  """{path in the tree: "<dtype><shape>:<SHA-256 of the leaf's bytes>"}, for verification.
+
+  The dtype and shape are kept apart from the digest, so that a restore into a target of
+  another dtype or shape (Orbax casts) reads as a mismatched target, not as corruption.
 
   Leaves that this process cannot read whole (arrays sharded over several hosts) are left
   out; every other leaf is copied to the host.
@@ -100,9 +105,8 @@ def tree_checksums(tree: PyTree) -> dict[str, str]:
     array = _host_copy(leaf)
     if array is None:
       continue
-    digest = hashlib.sha256(f'{array.dtype.str}{array.shape}'.encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
-    sums[jax.tree_util.keystr(path)] = digest.hexdigest()
+    digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    sums[jax.tree_util.keystr(path)] = f'{array.dtype.str}{array.shape}:{digest}'
   return sums
 
 
@@ -115,9 +119,21 @@ def _host_copy(leaf: Any) -> np.ndarray | None:
   return np.asarray(leaf)
 
 
+class TargetMismatch(ValueError):
+  """The restore target's dtype or shape is not what was saved (the files may be fine)."""
+
+
 def _checksum_errors(expected: dict[str, str], state: PyTree) -> list[str]:
+  """Paths whose bytes differ from the saved ones; raises TargetMismatch when the restored
+  leaves have another dtype or shape than the saved ones (Orbax cast them to the target)."""
   got = tree_checksums(state)
-  return [path for path, digest in expected.items() if path in got and got[path] != digest]
+  kind = lambda entry: entry.rsplit(':', 1)[0]
+  other = [path for path, entry in expected.items() if path in got and kind(got[path]) != kind(
+      entry)]
+  if other:
+    raise TargetMismatch(f'{other[0]} was saved as {kind(expected[other[0]])} and restored as '
+                         f'{kind(got[other[0]])}')
+  return [path for path, entry in expected.items() if path in got and got[path] != entry]
 
 
 def _abstract(target: PyTree) -> PyTree:
@@ -383,7 +399,9 @@ class Checkpoints:
     for step in steps:
       try:
         state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        expected = (self._custom_metadata(manager, step) or {}).get('checksums')
+        # Unreadable metadata raises here, as damage; readable metadata without checksums is
+        # a step written before they existed.
+        expected = (manager.metadata(step).custom_metadata or {}).get('checksums')
         if expected is None:
           logging.warning('Checkpoint %s/%s/%d has no checksums (written by an older '
                           'version); it is used unverified.', self.directory, kind, step)

@@ -68,6 +68,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with each mistake in a config file or override as one line
   (what, where, the fix) and exit status 2 instead of a traceback of the flags library."""
   config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_file is None and "--config" in argv[:-1]:
+    config_file = argv[argv.index("--config") + 1]
   try:
     rest = flags.FLAGS(argv)
     flags.FLAGS.config.keys()  # A file that failed to load fails only when first read.

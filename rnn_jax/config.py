@@ -55,8 +55,6 @@ def _run_fields(c: ml_collections.ConfigDict) -> None:
   c.dropout_mode = "outputs"     # 'outputs': inputs, every layer's output and the read-out;
                                  # 'cell_inputs': Keras' cell dropout= (what enters each layer).
   c.truncation = placeholder(int)  # Truncated BPTT window k in steps; None = full BPTT.
-  c.unroll = 1                   # lax.scan unroll factor.
-  c.remat = False                # Recompute each step in the backward pass (less memory).
   # --- optimisation (rnn_jax/train.py) ---
   c.seed = 0                     # Seeds params, dropout and data order.
   c.batch_size = 128             # Global batch size (split over devices and processes).
@@ -83,6 +81,8 @@ def _running_fields(c: ml_collections.ConfigDict) -> None:
   c.diagnostics_every_steps = 0  # Gradient-norm-through-time logging interval (0 = off).
   c.progress_bar = True          # Per-epoch progress bar with examples/s and running loss.
   c.plots = True                 # Write PNG learning curves to workdir/plots at the end.
+  c.unroll = 1                   # lax.scan unroll factor (speed only).
+  c.remat = False                # Recompute each step in the backward pass (less memory).
 
 
 def _fields(fill) -> frozenset[str]:

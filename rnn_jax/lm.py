@@ -190,7 +190,7 @@ def train_lm(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _train_lm(config, workdir, streams, start_time):
-  train.check_resume_compatible(workdir, config)
+  train.check_resume_compatible(workdir, config, ignore=("readout",))  # The LM reads all.
   if streams is None:
     streams, _ = build_streams(config, workdir)
   train.save_config(workdir, config)  # Only once the data accepted the config.

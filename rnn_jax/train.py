@@ -392,20 +392,28 @@ def recorded_config(workdir: str) -> dict[str, Any] | None:
   return None if record is None else record["config"]
 
 
-def check_resume_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
+class ResumeConflictError(ValueError):
+  """The workdir holds a run trained with another config."""
+
+
+def check_resume_compatible(workdir: str, config: ml_collections.ConfigDict, *,
+                            ignore: tuple[str, ...] = ()) -> None:
   """Refuses to resume a workdir whose checkpoint was trained by a different run.
 
   Which fields define a run is the schema's (`config.resume_conflicts`): all but how it is
   run (logging, checkpoint intervals, devices); a budget such as num_epochs may grow under a
   constant learning rate, which extends a finished run. A workdir with no checkpoint (a
-  first start that failed) may start again with any config.
+  first start that failed) may start again with any config. `ignore`: fields the trainer
+  does not read (the LM's readout).
   """
   old = recorded_config(workdir)
   if old is None:
     return
-  changed = config_lib.resume_conflicts(old, json.loads(config.to_json_best_effort()))
+  new = json.loads(config.to_json_best_effort())
+  old, new = ({k: v for k, v in c.items() if k not in ignore} for c in (old, new))
+  changed = config_lib.resume_conflicts(old, new)
   if changed:
-    raise ValueError(
+    raise ResumeConflictError(
         f"The workdir {workdir} holds a run with a different config ({'; '.join(changed)}). "
         "Resuming would mix two experiments. Use a new --workdir, or restore the old values.")
 
@@ -436,7 +444,8 @@ def check_fits_in_memory(model: models.SequenceModel, config: ml_collections.Con
   cell = model.recurrent_cell
   per_step = cell.carry_size if config.remat else cell.carry_size + cell.num_gates
   directions = 2 if model.bidirectional else 1
-  rows = config.batch_size // jax.device_count()
+  devices = 1 if config.parallel == "jit" else jax.device_count()
+  rows = config.batch_size // devices
   activation_bytes = (rows * task.seq_len * model.num_layers * directions * model.hidden_size
                       * per_step * 4)
   needed = 4 * param_bytes + activation_bytes
@@ -471,6 +480,18 @@ def _check_batch_shapes(task: data.Task, batch: Batch) -> None:
         f"labels of shape {list(np.shape(batch['labels']))}; expected inputs {expected} "
         f"and labels [{per_process}]. Fix the dataset's loader (its make_batch) or its "
         "declared seq_len / input_size.")
+
+
+def _move_aside_unsaved_attempt(workdir: str) -> None:
+  """metrics.jsonl and tensorboard/ of a start that saved no checkpoint -> *.unsaved-<time>,
+  so that the curves of the run starting now are not mixed with them."""
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  for name in (reporting.METRICS_FILE, "tensorboard"):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      os.replace(path, f"{path}.unsaved-{stamp}")
+      logging.warning("%s is from a start that saved no checkpoint; moved to %s.unsaved-%s.",
+                      path, path, stamp)
 
 
 def run_record(config: ml_collections.ConfigDict,
@@ -560,6 +581,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   task = data.load(config, workdir)
   check_data_files(workdir, task)
+  recorded = recorded_config(workdir)  # Before config.json is rewritten below.
+  if primary and recorded is None:  # Nothing saved: earlier metrics are a failed attempt's.
+    _move_aside_unsaved_attempt(workdir)
   if primary:  # Only after the data accepted the config: a rejected value must not stick.
     save_config(workdir, config)
   model = build_model(config, task)
@@ -570,7 +594,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = create_train_state(model, tx, config.seed)
   num_params = models.num_params(state.params)
 
-  recorded = recorded_config(workdir)
   ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"),
                                  keep=config.keep_checkpoints, keep_best=1,
                                  best_metric="validation_accuracy",

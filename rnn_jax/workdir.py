@@ -59,7 +59,10 @@ def lock(workdir: str) -> Iterator[None]:
 
 def _try_lock(path: str):
   """(open file holding the lock, None), or (None, description of the holder)."""
-  handle = open(path, "a+", encoding="utf-8")
+  try:
+    handle = open(path, "a+", encoding="utf-8")
+  except OSError as e:
+    return None, f"{path} cannot be opened: {e.strerror or e}"
   try:
     fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:

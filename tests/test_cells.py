@@ -359,7 +359,7 @@ def test_chrono_init_changes_only_biases_and_follows_the_key(name):
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 @pytest.mark.parametrize("bad", [1, -3, 2.5, True, float("inf"), "500"])
 def test_chrono_init_rejects_bad_horizons(name, bad):
-  with pytest.raises(ValueError, match="chrono_init.*integer >= 2"):
+  with pytest.raises(ValueError, match="chrono_init.*(integer >= 2|must be an integer)"):
     cells.get(name, chrono_init=bad)
 
 

@@ -366,3 +366,17 @@ def test_checksums_cover_every_leaf_and_see_one_changed_value():
       **state.params['cell'], 'b': state.params['cell']['b'].at[3].set(1e-7)}})
   diff = [k for k, v in tree_checksums(changed).items() if sums[k] != v]
   assert diff == ["['params']['cell']['b']"] or diff == [".params['cell']['b']"]
+
+
+@ignore_unraisable
+@ignore_unawaited
+def test_a_target_of_another_dtype_is_refused_and_moves_nothing(tmp_path):
+  """Orbax casts to the target's dtype: that must read as the wrong target, not corruption."""
+  with Checkpoints(tmp_path) as ckpt:
+    ckpt.save(1, {'w': jnp.arange(6, dtype=jnp.float32)})
+  with Checkpoints(tmp_path) as ckpt:
+    with pytest.raises(CheckpointError, match='same state structure'):
+      ckpt.restore_latest({'w': jnp.zeros(6, jnp.bfloat16)})
+    assert ckpt.all_steps() == [1]
+    assert not os.path.exists(os.path.join(tmp_path, 'corrupt'))
+  gc.collect()

@@ -256,6 +256,8 @@ def read_splits(tfds_name: str, splits: tuple[str, ...], *, data_dir: str | None
   tfds = _tfds()
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except MemoryError:
+    raise
   except Exception as e:  # A damaged dataset_info.json / features.json fails to parse here.
     raise _corrupt(tfds_name, f'the TFDS data dir {data_dir or "(tfds default)"}', e) from e
   if not builder.is_prepared():
@@ -273,6 +275,8 @@ def read_splits(tfds_name: str, splits: tuple[str, ...], *, data_dir: str | None
     try:
       ds = builder.as_dataset(split=split, shuffle_files=False).batch(8192)
       parts = list(tfds.as_numpy(ds))
+    except MemoryError:
+      raise
     except Exception as e:  # A truncated or altered tfrecord: DataLossError and kin.
       raise _corrupt(tfds_name, str(builder.data_dir), e) from e
     arrays[split] = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
