@@ -58,12 +58,14 @@ def test_jit_sharded_and_pmap_agree_with_dropout_on(dataset):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=mode)
 
 
-def test_a_row_draws_the_same_masks_whatever_the_rest_of_the_batch():
+@pytest.mark.parametrize("dropout_mode", ["outputs", "cell_inputs"])
+def test_a_row_draws_the_same_masks_whatever_the_rest_of_the_batch(dropout_mode):
   """Each row's masks come from fold_in(key, its global index): computing rows 4..7 alone
-  (with their offset) gives exactly those rows of the whole batch."""
+  (with their offset) gives exactly those rows of the whole batch, with padding, both
+  directions, two layers and either dropout mode."""
   model = models.SequenceModel(cell="gru", input_size=3, hidden_size=5, num_layers=2,
                                num_outputs=2, dropout_rate=0.4, recurrent_dropout_rate=0.4,
-                               bidirectional=True)
+                               bidirectional=True, dropout_mode=dropout_mode)
   params = model.init(jax.random.key(0))
   xs = jax.random.normal(jax.random.key(1), (8, 6, 3))
   lengths = jnp.array([6, 5, 4, 3, 6, 2, 1, 6])
