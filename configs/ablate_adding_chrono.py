@@ -31,7 +31,7 @@ directories; a larger num_epochs on a finished workdir resumes every run):
   python -m rnn_jax.ablate --config=configs/ablate_adding_chrono.py:500 --workdir=DIR \
       --config.base.num_epochs=20
 
-Re-measured so (about 70 min on the 2-core CPU, shared with other jobs): LSTM 0.059 ± 0.025
+Re-measured so (86 min in all on the 2-core CPU, shared with other jobs): LSTM 0.059 ± 0.025
 at 2,000 updates, 0.0095 ± 0.0052 at 4,000; GRU 0.0136 ± 0.0034 and 0.0017 ± 0.0010. The
 first measurement above (0.042, 0.019) came from an earlier build; the two agree within the
 spread over seeds, not to the digit.
