@@ -21,7 +21,7 @@ import jax
 import ml_collections
 
 from configs import imdb_lstm, mnist_lstm
-from rnn_jax import data, train
+from rnn_jax import cli, data, train
 
 CASES = (  # (label, task config, config overrides)
     ('mnist rows', mnist_lstm, dict(sequence='rows')),
@@ -95,6 +95,7 @@ def _load(config) -> tuple[data.Task, str, float]:
 
 
 def main():
+  cli.setup_process()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   default_dir = os.environ.get('TFDS_DATA_DIR') or (
       _SHARED_DATA_DIR if os.path.isdir(_SHARED_DATA_DIR) else None)

@@ -34,6 +34,10 @@ import subprocess
 import sys
 import time
 
+# Workers start from the environment this process was started with, not with the XLA flags
+# that the in-process measurements (`cli.setup_process`) add: only rnn_jax sets those.
+_ENV_AT_START = dict(os.environ)
+
 # name: (cell, input kind, time steps, input size or vocab, embed, hidden, outputs, batch)
 SHAPES = {
     "mnist_lstm": ("lstm", "features", 28, 28, 0, 128, 10, 128),
@@ -89,6 +93,8 @@ def _jax_peak():
 
 
 def _rnn_jax_worker(shape: str, options: dict):
+  from rnn_jax import cli
+  cli.setup_process()  # The XLA flags of every rnn_jax entry point (before JAX starts).
   import jax
   from configs import base
   from rnn_jax import models, train
@@ -249,7 +255,7 @@ class Worker:
     cmd = [sys.executable, "-m", "benchmarks.speed", "--worker", framework, "--shape", shape,
            "--options", json.dumps(options)]
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True, env=env or os.environ.copy(),
+                                 text=True, env=env or dict(_ENV_AT_START),
                                  cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     self.info = self._read()
 
@@ -354,6 +360,8 @@ def table(results: dict, frameworks) -> str:
 
 def long_sequences(quick: bool) -> str:
   """Sequential MNIST LSTM 128: step time vs T, and temp memory with and without remat."""
+  from rnn_jax import cli
+  cli.setup_process()
   import jax
   import numpy as np
   from configs import base
@@ -432,6 +440,8 @@ def config_compile_times() -> str:
 
 
 def _compile_config(config) -> tuple[int, float]:
+  from rnn_jax import cli
+  cli.setup_process()
   import jax
   import numpy as np
   from rnn_jax import lm, train

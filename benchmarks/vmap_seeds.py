@@ -17,11 +17,12 @@ import time
 import jax
 import numpy as np
 
-from rnn_jax import config as config_lib, train
+from rnn_jax import cli, config as config_lib, train
 from rnn_jax.data import synthetic
 
 
 def main() -> None:
+  cli.setup_process()
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--cell", default="lstm")

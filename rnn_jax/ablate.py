@@ -32,10 +32,8 @@ resumes sequentially, each seed from its own checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
-import functools
 import itertools
 import json
 import logging
@@ -45,11 +43,10 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rnn_jax import checkpoints, config as config_lib, data, diagnostics, models, reporting
+from rnn_jax import checkpoints, config as config_lib, data, diagnostics, engine, lm, reporting
 from rnn_jax import train, workdir as workdir_lib
 
 TRAINERS = ("classifier", "lm")
@@ -155,234 +152,24 @@ def match_hidden_size(config: ml_collections.ConfigDict, target: int,
   return lo
 
 
-# ----------------------------------------------------------------------------- vmapped seeds
-
-def _stack(trees):
-  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
-
-
-def _unstack(tree, n):
-  return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
-
-
-def stack_batches(batches: Sequence[dict[str, np.ndarray]], *,
-                  can_pad: bool = False) -> dict[str, np.ndarray]:
-  """[S] batches -> one batch with a leading seed axis.
-
-  With `can_pad` (right-padded token batches with lengths), batches of different widths are
-  right-padded with id 0 to the widest; the masked scan never reads past a length.
-  """
-  widths = {b["inputs"].shape[1] for b in batches}
-  if len(widths) > 1:
-    if not (can_pad and "lengths" in batches[0]):
-      raise ValueError(
-          f"The seeds' batches have different widths {sorted(widths)} and cannot be stacked. "
-          "Fix: set length_buckets=() or padding='post' in the base config, or vmap_seeds=False "
-          "in the sweep.")
-    width = max(widths)
-    batches = [{**b, "inputs": np.pad(b["inputs"], [(0, 0), (0, width - b["inputs"].shape[1])]
-                                      + [(0, 0)] * (b["inputs"].ndim - 2))} for b in batches]
-  return _stack(batches)
-
-
-def _diagnostics_and_save(model, params, task, workdir, fraction, examples, loss_fn):
-  batch = train.diagnostics_batch(task, examples)
-  record = diagnostics.make_diagnostics(model, batch, loss_fn=loss_fn, fraction=fraction)(params)
-  path = os.path.join(workdir, "diagnostics.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f)
-  os.replace(path + ".tmp", path)
-  return record
-
-
-def _loss_fn(model):
-  return lambda logits, b: train.loss_and_metrics(model, logits, b["labels"], train._weights(b))[0]
-
+# ----------------------------------------------------------------------------- training
 
 def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str], *,
                 horizon_fraction: float = 0.01, diagnostics_examples: int = 256
                 ) -> list[dict[str, Any]]:
-  """Trains the configs (identical but for `seed`) together: one vmapped, compiled train step.
+  """Trains the configs (identical but for `seed`) together: one vmapped, compiled train step
+  (`train.train_runs`), then each run's final diagnostics. Returns the summaries.
 
-  Writes into each workdir what `train.train_and_evaluate` writes, and returns the summaries.
-  Holds every workdir's lock (`rnn_jax.workdir.lock`) while it trains.
+  Seeds whose checkpoints stopped at different steps resume one by one instead.
   """
-  workdirs = [os.path.abspath(w) for w in workdirs]
-  with contextlib.ExitStack() as locks:
-    for w in workdirs:
-      train.check_workdir_writable(w)
-      locks.enter_context(workdir_lib.lock(w))
-    summaries = _train_seeds(configs, workdirs, horizon_fraction=horizon_fraction,
-                             diagnostics_examples=diagnostics_examples)
-  if summaries is None:  # Stopped at different steps: let each seed resume on its own.
+  summaries = train.train_runs(configs, workdirs)
+  if summaries is None:
     return [train_one(c, w, horizon_fraction=horizon_fraction,
                       diagnostics_examples=diagnostics_examples)
             for c, w in zip(configs, workdirs)]
-  return summaries
-
-
-def _train_seeds(configs, workdirs, *, horizon_fraction, diagnostics_examples):
-  start_time = time.perf_counter()
-  n = len(configs)
-  for config in configs:
-    config_lib.validate(config)
-  same = [json.loads(c.to_json_best_effort()) for c in configs]
-  for s in same:
-    s.pop("seed")
-  if any(s != same[0] for s in same):
-    raise ValueError("train_seeds needs configs that differ only in `seed`.")
-  config = configs[0]
-  for c, w in zip(configs, workdirs):
-    train.check_resume_compatible(w, c)
-    train.save_config(w, c)
-
-  tasks = [data.load(c, w) for c, w in zip(configs, workdirs)]
-  for t, w in zip(tasks, workdirs):
-    train.check_data_files(w, t)
-  if len({t.steps_per_epoch for t in tasks}) > 1:
-    raise ValueError("The seeds' tasks have different epoch lengths; use vmap_seeds=False.")
-  steps_per_epoch = tasks[0].steps_per_epoch
-  model = train.build_model(config, tasks[0])
-  tx, schedule = train.build_optimizer(config, steps_per_epoch * config.num_epochs)
-  ckpts = [checkpoints.Checkpoints(os.path.join(w, "checkpoints"), keep=config.keep_checkpoints,
-                                   keep_best=1, best_metric="validation_accuracy",
-                                   record=train.run_record(c, t))
-           for c, w, t in zip(configs, workdirs, tasks)]
-  fresh = [train.create_train_state(model, tx, c.seed) for c in configs]
-  restored = [ck.restore_latest(s) for ck, s in zip(ckpts, fresh)]
-  steps = {0 if r is None else int(r[1]) for r in restored}
-  if len(steps) > 1:
-    logging.warning("Seeds stopped at different steps %s; resuming them one by one.", steps)
-    for ck in ckpts:
-      ck.close()
-    return None
-  states = [s if r is None else r[0] for s, r in zip(fresh, restored)]
-  first_step = steps.pop()
-  num_params = models.num_params(states[0].params)
-
-  options = train.compiler_options()
-  step_fn = jax.jit(jax.vmap(functools.partial(train.train_step, model=model, tx=tx,
-                                               schedule=schedule)), donate_argnums=0,
-                    compiler_options=options)
-  eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, model=model)),
-                    compiler_options=options)
-  state = jax.device_put(_stack(states))
-  can_pad = config.padding == "post"
-  first = stack_batches([next(t.train_batches(0)) for t in tasks], can_pad=can_pad)
-  compile_start = time.perf_counter()
-  compiled = step_fn.lower(state, first).compile()
-  compile_time = time.perf_counter() - compile_start
-  first_shapes = jax.tree.map(np.shape, first)
-
-  def run_step(state, batch):
-    fn = compiled if jax.tree.map(np.shape, batch) == first_shapes else step_fn
-    return fn(state, batch)
-
-  def evaluate(params, split):
-    totals = None
-    for batch in zip(*[t.eval_batches(split) for t in tasks]):
-      sums = eval_fn(params, stack_batches(batch, can_pad=can_pad))
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    if totals is None:
-      return [{} for _ in range(n)]
-    totals = jax.device_get(totals)
-    return [{"loss": float(totals["loss_sum"][i]) / max(float(totals["count"][i]), 1.0),
-             "accuracy": float(totals["correct"][i]) / max(float(totals["count"][i]), 1.0)}
-            for i in range(n)]
-
-  writers = [reporting.MetricWriter(w, enabled=True) for w in workdirs]
-  diagnose = None
-  if config.diagnostics_every_steps > 0:
-    diagnose = [diagnostics.make_diagnostics(model, train.diagnostics_batch(t),
-                                             loss_fn=_loss_fn(model)) for t in tasks]
-  best_val = [max((r.get("validation_accuracy", -1.0) for r in reporting.read_metrics(w, "epoch")
-                   if r["step"] <= first_step), default=-1.0) for w in workdirs]
-  step, train_time, train_examples = first_step, 0.0, 0
-  epoch_metrics = [{} for _ in range(n)]
-  for epoch in range(step // steps_per_epoch, config.num_epochs):
-    epoch_start = time.perf_counter()
-    start_in_epoch = step - epoch * steps_per_epoch
-    totals = None
-    last = [{} for _ in range(n)]
-    for batches in zip(*[t.train_batches(epoch, start_in_epoch) for t in tasks]):
-      state, metrics = run_step(state, stack_batches(batches, can_pad=can_pad))
-      totals = train.add_step_metrics(totals, metrics)
-      step += 1
-      if step % config.log_every_steps == 0 or step % steps_per_epoch == 0:
-        host = jax.device_get(metrics)
-        train.check_finite(state, config, ckpts)
-        examples = (step - epoch * steps_per_epoch - start_in_epoch) * config.batch_size
-        rate = examples / (time.perf_counter() - epoch_start)
-        for i in range(n):
-          last[i] = {k: float(v[i]) for k, v in host.items()}
-          last[i]["examples_per_s"] = rate
-          writers[i].write(step, last[i], kind="train")
-      if diagnose is not None and step % config.diagnostics_every_steps == 0:
-        for i, params in enumerate(_unstack(jax.device_get(state.params), n)):
-          writers[i].write(step, diagnose[i](params), kind="diagnostics")
-      if step % config.checkpoint_every_steps == 0:
-        train.check_finite(state, config, ckpts)  # Never save past a NaN.
-        for ck, s in zip(ckpts, _unstack(jax.device_get(state), n)):
-          ck.save(step, s)
-    jax.block_until_ready(state)
-    epoch_time = time.perf_counter() - epoch_start
-    train_time += epoch_time
-    train_examples += (steps_per_epoch - start_in_epoch) * config.batch_size
-    do_eval = (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs
-    val = evaluate(state.params, "validation") if do_eval else [{} for _ in range(n)]
-    train.check_finite(state, config, ckpts)
-    host_states = _unstack(jax.device_get(state), n)
-    for i in range(n):
-      epoch_metrics[i] = {
-          "epoch": epoch + 1, **train.epoch_train_means(
-              None if totals is None else jax.tree.map(lambda x, i=i: x[i], totals)),
-          "last_batch_accuracy": last[i].get("accuracy"), "last_batch_loss": last[i].get("loss"),
-          "epoch_time_s": epoch_time,
-          "examples_per_s": (steps_per_epoch - start_in_epoch) * config.batch_size / epoch_time}
-      ckpts[i].save(step, host_states[i], force=True)
-      if val[i]:
-        epoch_metrics[i].update(validation_accuracy=val[i]["accuracy"],
-                                validation_loss=val[i]["loss"])
-        best_val[i] = max(best_val[i], val[i]["accuracy"])
-        ckpts[i].save_best(step, host_states[i], {"validation_accuracy": val[i]["accuracy"]})
-      writers[i].write(step, epoch_metrics[i], kind="epoch")
-    print(f"[{n} seeds] " + reporting.epoch_line(epoch + 1, epoch_metrics[0]), flush=True)
-
-  test = evaluate(state.params, "test")
-  final_params = _unstack(jax.device_get(state.params), n)
-  wall = time.perf_counter() - start_time
-  summaries = []
-  for i, (c, w) in enumerate(zip(configs, workdirs)):
-    writers[i].write(step, {"test_accuracy": test[i]["accuracy"], "test_loss": test[i]["loss"]},
-                     kind="eval")
-    writers[i].close()
-    ckpts[i].wait()
-    ckpts[i].close()
-    record = _diagnostics_and_save(model, final_params[i], tasks[i], w, horizon_fraction,
-                                   diagnostics_examples, _loss_fn(model))
-    summary = {
-        "config": json.loads(c.to_json_best_effort()),
-        "test_accuracy": test[i]["accuracy"], "test_loss": test[i]["loss"],
-        "best_validation_accuracy": best_val[i] if best_val[i] >= 0 else None,
-        "final_validation_accuracy": epoch_metrics[i].get("validation_accuracy"),
-        "num_params": num_params, "steps": step, "epochs": c.num_epochs,
-        "wall_time_s": wall,
-        # All seeds advance together: this is the examples of ALL seeds per second.
-        "train_examples_per_s": n * train_examples / train_time if train_time else None,
-        "compile_time_s": compile_time, "resumed_from_step": first_step,
-        "devices": 1, "parallel": "vmap_seeds", "vmapped_seeds": n,
-        "memory_horizon": record["memory_horizon"],
-        "nonfinite_steps_skipped": int(final_nonfinite(state, i)),
-    }
-    reporting.write_summary(w, summary)
-    if c.plots:
-      reporting.plot_curves(w)
-    summaries.append(summary)
-  return summaries
-
-
-def final_nonfinite(state, i: int) -> int:
-  return int(jax.device_get(state.nonfinite_steps)[i])
+  return [final_diagnostics(c, w, s, horizon_fraction=horizon_fraction,
+                            diagnostics_examples=diagnostics_examples)
+          for c, w, s in zip(configs, workdirs, summaries)]
 
 
 def train_one(config: ml_collections.ConfigDict, workdir: str, *, horizon_fraction: float = 0.01,
@@ -404,8 +191,12 @@ def final_diagnostics(config: ml_collections.ConfigDict, workdir: str, summary: 
   template = jax.eval_shape(lambda: train.create_train_state(model, tx, config.seed))
   with checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True) as ck:
     state, _ = ck.restore_latest(template)
-  record = _diagnostics_and_save(model, state.params, task, workdir, horizon_fraction,
-                                 diagnostics_examples, _loss_fn(model))
+  batch = train.diagnostics_batch(task, diagnostics_examples)
+  record = diagnostics.make_diagnostics(model, batch, fraction=horizon_fraction)(state.params)
+  path = os.path.join(workdir, "diagnostics.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f)
+  os.replace(path + ".tmp", path)
   summary["memory_horizon"] = record["memory_horizon"]
   reporting.write_summary(workdir, summary)
   return summary
@@ -430,7 +221,7 @@ def _finished_or_moved_aside(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"on_mismatch={on_mismatch!r} is not one of 'refuse', 'retrain'.")
   try:
     return _finished(config, workdir)
-  except train.ResumeConflictError as e:
+  except engine.ResumeConflictError as e:
     if on_mismatch == "refuse":
       raise ValueError(f"{e} To train it again with this sweep's config instead (the old run "
                        "is moved aside, not deleted), add --config.on_mismatch=retrain.") from e
@@ -449,7 +240,7 @@ def _finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
   max_tokens) `config` raises: resuming it extends it. Raises ValueError, naming the fields,
   when the run there was trained with another config (`train.check_resume_compatible`).
   """
-  train.check_resume_compatible(workdir, config)
+  engine.check_resume_compatible(workdir, config)
   path = os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
     return False
@@ -490,7 +281,6 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
       continue
     print(f"== {name}: seeds {[sweep.seeds[i] for i in todo]}", flush=True)
     if sweep.trainer == "lm":
-      from rnn_jax import lm  # pylint: disable=g-import-not-at-top
       for i in todo:
         lm.train_lm(configs[i], dirs[i])
     elif sweep.vmap_seeds and len(todo) > 1:
@@ -685,4 +475,5 @@ if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   from rnn_jax import cli  # pylint: disable=g-import-not-at-top
   cli.define_flags("A sweep config, e.g. configs/ablate_mnist_cells.py.")
+  cli.setup_process()
   app.run(main, flags_parser=cli.parse_flags)

@@ -48,13 +48,6 @@ import orbax.checkpoint as ocp
 PyTree = Any
 
 
-def _quiet_orbax_info(record: logging.LogRecord) -> bool:
-  """Orbax logs a dozen INFO lines per save through absl; keep its warnings and errors."""
-  return record.levelno >= logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
-
-
-logging.getLogger('absl').addFilter(_quiet_orbax_info)
-
 __all__ = ['Checkpoints', 'CheckpointError']
 
 

@@ -2,10 +2,22 @@
 
   python launch.py --config=configs/mnist_lstm.py --workdir=runs/mnist_lstm \
       [--config.hidden_size=256 ...]
+  python launch.py --config=configs/imdb_lm.py --workdir=runs/imdb_lm   # the language model
 
-Flags only: everything else happens in `train.train_and_evaluate(config, workdir)`.
+Flags and process setup only: a classifier config goes to `train.train_and_evaluate`, a
+language-model config (one with the LM's fields) to `lm.train_lm`; both run the one loop of
+`rnn_jax.engine`.
+
+Process setup belongs here, at the entry point, not in the library (`setup_process`, which
+the other entry points, `rnn_jax.ablate`, benchmarks/ and the tests, call too):
+- one XLA:CPU flag, `--xla_cpu_experimental_ynn_fusion_type=` (empty: no YNNPACK dot
+  fusions): the small recurrent matmuls of an RNN step run faster without those fusions on
+  x86 CPUs (benchmarks/speed.py measures it; docs/performance.md has the figures);
+- a log filter that keeps Orbax's warnings and errors but not its INFO lines (a dozen per save);
+- on glibc, a re-exec with MALLOC_TUNABLES (`_reexec_with_malloc_tunables`, below).
 """
 
+import logging
 import os
 import platform
 import re
@@ -31,8 +43,54 @@ def define_flags(config_help: str = "Path to a config file in configs/.") -> Non
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  from rnn_jax import train  # After flag parsing, so --help is instant.
-  train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  from rnn_jax import lm, train  # After flag parsing, so --help is instant.
+  config = flags.FLAGS.config
+  if lm.is_lm_config(config):
+    lm.train_lm(config, flags.FLAGS.workdir)
+  else:
+    train.train_and_evaluate(config, flags.FLAGS.workdir)
+
+
+XLA_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def setup_process() -> None:
+  """The process settings of every rnn_jax entry point (see the module docstring).
+
+  The XLA flag is set only when all of these hold: XLA_FLAGS is not in the environment (any
+  value the user set, even an empty one, is kept: `XLA_FLAGS= python ...` turns it off); no
+  JAX backend has started yet (XLA reads XLA_FLAGS once, when its CPU backend starts, so it
+  would silently not apply); and the installed jaxlib is one the flag is known to exist in
+  (0.10.x: an unknown flag in XLA_FLAGS aborts the process). GPU and TPU ignore it.
+  """
+  if "XLA_FLAGS" not in os.environ and not _jax_backend_started() and _xla_flag_known():
+    os.environ["XLA_FLAGS"] = XLA_CPU_FLAGS
+  absl_logger = logging.getLogger("absl")
+  if _quiet_orbax_info not in absl_logger.filters:
+    absl_logger.addFilter(_quiet_orbax_info)
+
+
+def _quiet_orbax_info(record: logging.LogRecord) -> bool:
+  return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _jax_backend_started() -> bool:
+  if "jax" not in sys.modules:
+    return False
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    return bool(xla_bridge.backends_are_initialized())
+  except Exception:  # A private API: if it moved, assume the worst.
+    return True
+
+
+def _xla_flag_known() -> bool:
+  try:
+    from importlib import metadata  # pylint: disable=g-import-not-at-top
+    major, minor = (int(p) for p in metadata.version("jaxlib").split(".")[:2])
+  except Exception:
+    return False
+  return (major, minor) == (0, 10)
 
 
 # glibc hands every allocation above 32 MiB back to the OS on free and maps it afresh on the next
@@ -112,4 +170,5 @@ def run() -> None:
   for name in ("config", "workdir"):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   _reexec_with_malloc_tunables()
+  setup_process()
   app.run(main, flags_parser=parse_flags)

@@ -31,21 +31,8 @@ LossFn = Callable[[jax.Array, Batch], jax.Array]  # (logits, batch) -> scalar lo
 
 
 def default_loss(model: models.SequenceModel) -> LossFn:
-  """The trainer's losses: softmax CE for classes, sigmoid CE for one logit with integer
-  labels, squared error for float labels; weighted by batch['mask'] when present."""
-  def loss_fn(logits, batch):
-    per_example, _ = models.per_example_loss(model, logits, batch["labels"])
-    weights = _weights(batch, per_example.dtype)
-    if per_example.ndim > 1:  # readout "all": per-step losses [batch, time].
-      per_example = per_example.mean(axis=tuple(range(1, per_example.ndim)))
-    return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-  return loss_fn
-
-
-def _weights(batch: Batch, dtype=jnp.float32) -> jax.Array:
-  if "mask" in batch:
-    return jnp.asarray(batch["mask"], dtype)
-  return jnp.ones(jnp.shape(batch["labels"])[:1], dtype)
+  """The training loss, `models.batch_loss` (so a diagnostic differentiates what was trained)."""
+  return lambda logits, batch: models.batch_loss(model, logits, batch)[0]
 
 
 def zero_probes(model: models.SequenceModel, params: dict[str, Any], batch_size: int,
@@ -99,7 +86,7 @@ def gradient_norm_through_time(model: models.SequenceModel, params: dict[str, An
   if state not in ("h", "carry"):
     raise ValueError(f"state={state!r}: use 'h' (dL/dh_t) or 'carry' (h and, for the LSTM, c).")
   grads = carry_gradients(model, params, batch, loss_fn=loss_fn)
-  weights = _weights(batch)
+  weights = models.example_weights(batch)
   lengths = batch.get("lengths")
   norms = []
   for layer in grads:
@@ -227,7 +214,7 @@ def gate_statistics(model: models.SequenceModel, params: dict[str, Any], batch: 
   valid = jnp.ones((time, batch_size), xs.dtype)
   if lengths is not None:
     valid = (jnp.arange(time)[:, None] < jnp.asarray(lengths)[None, :]).astype(xs.dtype)
-  valid = valid * _weights(batch, xs.dtype)[None, :]
+  valid = valid * models.example_weights(batch).astype(xs.dtype)[None, :]
   count = jnp.maximum(jnp.sum(valid), 1.0)
   stats = {}
   for index, layer in enumerate(params["rnn"]):

@@ -16,16 +16,18 @@ Vocabulary: `vocab_size` ids = 0 padding (never in the stream), 1 out-of-vocabul
 vocab_size - 3 most frequent words of the train reviews left after the validation ones, and
 `<eor>` = vocab_size - 1.
 
-Checkpoints at epoch ends (where carries are zero), so a resumed run is exact; and where a
-`max_steps` / `max_tokens` budget stops training. That last one is the run's end: raising the
-budget later and resuming goes on from zero carries with a learning-rate schedule built for
-the new total, so it is not the run a larger budget would have trained from the start.
+Trained by the one loop, `rnn_jax.engine.fit`, like every run: `python launch.py
+--config=configs/imdb_lm.py --workdir=DIR` resumes, refuses a changed config, skips or stops on
+NaN/Inf, and saves on SIGTERM. Each checkpoint holds the carries next to the train state, so a
+run resumed mid-epoch continues exactly. A `max_steps` / `max_tokens` budget ends the run: raising
+it later and resuming goes on with a learning-rate schedule built for the new total (unless the
+schedule is constant), so it is not the run a larger budget would have trained from the start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -36,8 +38,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from rnn_jax import checkpoints, config as config_lib, models, reporting, train
-from rnn_jax import workdir as workdir_lib
+from rnn_jax import config as config_lib, engine, models, train
 from rnn_jax.data import common, imdb
 
 LM_FIELDS = ("window", "eval_window", "max_steps", "max_tokens", "eval_tokens")
@@ -114,24 +115,27 @@ def zero_carries(model: models.SequenceModel, batch: int) -> list[Any]:
 def _loss(model, params, carries, x, y, key):
   finals, ys = model.features(params, x, key=key, initial_carries=carries)
   logits = ys @ params["head"]["w"] + params["head"]["b"]
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  return loss, jax.lax.stop_gradient(finals)
+  loss, sums = models.batch_loss(model, logits, {"labels": y})
+  return loss, (jax.lax.stop_gradient(finals), sums)
 
 
 def lm_step(state: train.TrainState, carries, x, y, *, model, tx):
-  """One update on one window: (state, carries [no gradient into the past], loss).
+  """One update on one window: (state, carries [no gradient into the past], metrics).
 
   A NaN/Inf loss or gradient skips the update (`train.apply_if_finite`, the guard every
   training path shares) and restarts the carries at zero, so one bad window does not
   poison the state carried into the next.
   """
   key = jax.random.fold_in(state.rng, state.step)
-  (loss, finals), grads = jax.value_and_grad(
+  (loss, (finals, sums)), grads = jax.value_and_grad(
       functools.partial(_loss, model), has_aux=True)(state.params, carries, x, y, key)
   state, grad_norm = train.apply_if_finite(state, grads, loss, tx)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   finals = jax.tree.map(lambda f: jnp.where(finite, f, jnp.zeros_like(f)), finals)
-  return state, finals, loss
+  metrics = {"loss": loss, "perplexity": jnp.exp(loss),
+             "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0),
+             "grad_norm": grad_norm}
+  return state, finals, metrics
 
 
 def jit_step(model: models.SequenceModel, tx: optax.GradientTransformation):
@@ -142,7 +146,8 @@ def jit_step(model: models.SequenceModel, tx: optax.GradientTransformation):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_window(model, params, carries, x, y):
-  return _loss(model, params, carries, x, y, None)
+  loss, (finals, _) = _loss(model, params, carries, x, y, None)
+  return loss, finals
 
 
 def perplexity(model, params, stream: np.ndarray, batch: int, window: int) -> dict[str, float]:
@@ -162,8 +167,25 @@ def perplexity(model, params, stream: np.ndarray, batch: int, window: int) -> di
   return {"loss": mean, "perplexity": float(np.exp(mean))}
 
 
+# Fields of the shared schema that a causal, stateful LM cannot use: set to anything but
+# their default, they are refused rather than silently ignored.
+UNUSED_FIELDS = {
+    "bidirectional": "a causal language model cannot read the future",
+    "truncation": "the window is the truncation: set --config.window",
+    "readout": "the LM reads out every step",
+    "binary_output": "the LM predicts one of vocab_size words",
+    "length_buckets": "the LM reads one stream in windows, not padded reviews",
+    "padding": "the LM reads one stream in windows, not padded reviews",
+    "max_len": "the LM reads one stream in windows, not padded reviews",
+    "diagnostics_every_steps": "diagnostics are defined for classifiers",
+    "parallel": "the LM trains on one device (jit)",
+    "distributed": "the LM trains on one device (jit)",
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """The fields shared with classifier configs, checked by config.validate (ValueError)."""
+  """The shared fields (config.validate), the LM's own (LM_FIELDS), and no field the LM
+  does not use (UNUSED_FIELDS) set to anything but its default. Raises ValueError."""
   shared = config_lib.defaults()
   shared.update({k: v for k, v in config.items() if k not in LM_FIELDS})
   config_lib.validate(shared)
@@ -172,28 +194,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
       raise ValueError(f"config.{field}={value!r}: use an integer >= {minimum}"
                        f"{'' if minimum else ' (0 = no limit)'}.")
+  defaults = config_lib.defaults()
+  for field, why in UNUSED_FIELDS.items():
+    if field in config and config[field] != defaults[field]:
+      raise ValueError(f"config.{field}={config[field]!r} is not used by the language model "
+                       f"({why}). Remove it, or set it back to {defaults[field]!r}.")
+
+
+def is_lm_config(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` describes the language model (it has the LM's own fields)."""
+  return all(field in config for field in LM_FIELDS)
 
 
 def train_lm(config: ml_collections.ConfigDict, workdir: str,
              streams: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-  """Trains and evaluates the LM (resumable at epoch ends); writes and returns summary.json.
+  """Trains and evaluates the LM; resumable at any step; writes and returns summary.json.
 
   streams: {'train', 'validation', 'test'} token streams; None reads IMDB (build_streams).
-  Holds the workdir's lock (`rnn_jax.workdir.lock`) while it trains.
   """
+  with contextlib.ExitStack() as cleanup:
+    return engine.fit(_lm_job(config, os.path.abspath(workdir), streams, cleanup))[0]
+
+
+def _lm_job(config, workdir, streams, cleanup) -> engine.Job:
   start_time = time.perf_counter()
   validate(config)
-  workdir = os.path.abspath(workdir)
-  train.check_workdir_writable(workdir)
-  with workdir_lib.lock(workdir):
-    return _train_lm(config, workdir, streams, start_time)
-
-
-def _train_lm(config, workdir, streams, start_time):
-  train.check_resume_compatible(workdir, config, ignore=("readout",))  # The LM reads all.
+  engine.claim_workdirs([config], [workdir], cleanup)
   if streams is None:
     streams, _ = build_streams(config, workdir)
-  train.save_config(workdir, config)  # Only once the data accepted the config.
+  records = engine.open_records([config], [workdir], [{}], cleanup,
+                                best_metric="validation_perplexity", best_mode="min",
+                                primary=True)
   model = build_model(config)
   k = config.window
   rows = batchify(streams["train"], config.batch_size)
@@ -204,62 +235,37 @@ def _train_lm(config, workdir, streams, start_time):
   if config.max_tokens:
     total = min(total, max(1, config.max_tokens // (config.batch_size * k)))
   tx, _ = train.build_optimizer(config, total)
-  state = train.create_train_state(model, tx, config.seed)
-  ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), keep=1, keep_best=1,
-                                 best_metric="validation_perplexity", best_mode="min",
-                                 record=train.run_record(config))
-  restored = ckpt.restore_latest(state)
+  zero = lambda: zero_carries(model, config.batch_size)
+  fresh = engine.checkpoint_tree(train.create_train_state(model, tx, config.seed), zero())
+  restored = records.checkpoints[0].restore_latest(fresh)
+  tree = fresh if restored is None else restored[0]
+  first_step = int(tree["state"].step)
   if restored is not None:
-    state = restored[0]
-  first_step = int(state.step)
+    records.note_resume([config], first_step)
+  state, carries = jax.device_put((tree["state"], tree["carry"]))
   step_fn = jit_step(model, tx)
-  carries = zero_carries(model, config.batch_size)
   compile_start = time.perf_counter()
   compiled = step_fn.lower(state, carries, rows[:, :k], rows[:, 1:k + 1]).compile()
   compile_time = time.perf_counter() - compile_start
-  writer = reporting.MetricWriter(workdir, enabled=True)
-  eval_stream = lambda s: s[:config.eval_tokens] if config.eval_tokens else s
-  step, train_time = first_step, 0.0
-  val = {}
-  while step < total:
-    epoch = step // steps_per_epoch
-    carries = zero_carries(model, config.batch_size)
-    epoch_start, totals = time.perf_counter(), None
-    for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
-      if step >= total:
-        break
-      x, y = rows[:, i * k:(i + 1) * k], rows[:, i * k + 1:(i + 1) * k + 1]
-      state, carries, loss = compiled(state, carries, x, y)
-      totals = train.add_step_metrics(totals, {"loss": loss}, names=("loss",))
-      step += 1
-      if step % config.log_every_steps == 0:
-        train.check_finite(state, config, [ckpt])
-        writer.write(step, {"loss": float(loss), "perplexity": float(np.exp(float(loss)))},
-                     kind="train")
-    jax.block_until_ready(state)
-    train.check_finite(state, config, [ckpt])  # Never save past a NaN.
-    train_time += time.perf_counter() - epoch_start
-    val = perplexity(model, state.params, eval_stream(streams["validation"]),
-                     min(config.batch_size, 10), config.eval_window)
-    record = {"epoch": epoch + 1, "validation_loss": val["loss"],
-              "validation_perplexity": val["perplexity"], **train.epoch_train_means(totals)}
-    writer.write(step, record, kind="epoch")
-    print(reporting.epoch_line(epoch + 1, record) + f"  val ppl {val['perplexity']:.1f}",
-          flush=True)
-    ckpt.save(step, jax.device_get(state), force=True)
-  test = perplexity(model, state.params, eval_stream(streams["test"]),
-                    min(config.batch_size, 10), config.eval_window)
-  writer.write(step, {"test_loss": test["loss"], "test_perplexity": test["perplexity"]},
-               kind="eval")
-  writer.close()
-  ckpt.close()
-  trained = (step - first_step) * config.batch_size * k
-  summary = {"config": json.loads(config.to_json_best_effort()), "window": k,
-             "test_loss": test["loss"], "test_perplexity": test["perplexity"],
-             "validation_perplexity": val.get("perplexity"),
-             "num_params": models.num_params(state.params), "steps": step,
-             "wall_time_s": time.perf_counter() - start_time,
-             "train_examples_per_s": trained / train_time if train_time else None,
-             "compile_time_s": compile_time, "resumed_from_step": first_step}
-  reporting.write_summary(workdir, summary)
-  return summary
+
+  def windows(epoch, first):
+    del epoch  # Every epoch reads the same stream; the carries restart at zero.
+    for i in range(first, steps_per_epoch):
+      yield rows[:, i * k:(i + 1) * k], rows[:, i * k + 1:(i + 1) * k + 1]
+
+  def evaluate(state, split):
+    stream = streams[split][:config.eval_tokens] if config.eval_tokens else streams[split]
+    return [perplexity(model, state.params, stream, min(config.batch_size, 10),
+                       config.eval_window)]
+
+  return engine.Job(
+      configs=[config], workdirs=[workdir], checkpoints=records.checkpoints,
+      writers=records.writers, state=state,
+      step=lambda state, carries, window: compiled(state, carries, *window),
+      batches=windows, evaluate=evaluate,
+      host_states=lambda state: [jax.device_get(state)], steps_per_epoch=steps_per_epoch,
+      total_steps=total, examples_per_step=config.batch_size * k, first_step=first_step,
+      compile_time_s=compile_time, start_time=start_time,
+      summary={"window": k, "num_params": models.num_params(state.params), "devices": 1,
+               "parallel": "jit"},
+      carry=carries, zero_carry=lambda: jax.device_put(zero()))

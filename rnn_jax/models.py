@@ -182,6 +182,35 @@ def per_example_loss(model: SequenceModel, logits: jax.Array,
   return jnp.square(logit - labels), jnp.abs(logit - labels) < 0.04
 
 
+def example_weights(batch: dict[str, Any]) -> jax.Array:
+  """[batch] weight of each example: batch["mask"] (0 for the rows that only pad an evaluation
+  batch to its fixed size), else all ones."""
+  if "mask" in batch:
+    return jnp.asarray(batch["mask"], jnp.float32)
+  return jnp.ones(jnp.shape(batch["labels"])[:1], jnp.float32)
+
+
+def batch_loss(model: SequenceModel, logits: jax.Array, batch: dict[str, Any]
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss every path optimises or reports (training, evaluation, vmapped seeds,
+  diagnostics, the language model), and the sums that make exact metrics over many batches.
+
+  Per example: `per_example_loss`, averaged over time steps when the model reads out every
+  step ([batch, time] logits, the language model); then the mean over examples weighted by
+  `example_weights`. Returns (loss, {"loss_sum", "correct", "count"}), where "correct" counts
+  examples (for per-step readouts: the fraction of correct steps of each example).
+  """
+  per_example, correct = per_example_loss(model, logits, batch["labels"])
+  if per_example.ndim > 1:
+    axes = tuple(range(1, per_example.ndim))
+    per_example, correct = per_example.mean(axes), correct.astype(jnp.float32).mean(axes)
+  weights = example_weights(batch)
+  count = jnp.sum(weights)
+  loss_sum = jnp.sum(per_example * weights)
+  sums = {"loss_sum": loss_sum, "correct": jnp.sum(correct * weights), "count": count}
+  return loss_sum / jnp.maximum(count, 1.0), sums
+
+
 def num_params(params: Any) -> int:
   """The number of scalars in a params pytree."""
   return int(sum(x.size for x in jax.tree.leaves(params)))

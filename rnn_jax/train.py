@@ -1,22 +1,21 @@
-"""Training: the train state, pure train/eval steps, their parallel wrappers, and the loop.
+"""Classifier training: the train state, pure train/eval steps, their parallel wrappers,
+and the job `rnn_jax.engine.fit` runs for one run or for seeds stepped together.
 
-`train_and_evaluate(config, workdir)` is the one entry point (`launch.py`, notebooks, ablations).
-Re-running it on the same workdir resumes from the latest checkpoint and continues exactly:
-same data order, same dropout keys, same final parameters as an uninterrupted run.
+`train_and_evaluate(config, workdir)` is the entry point for one run (`launch.py`, notebooks);
+`train_runs` trains seeds together (`rnn_jax.ablate`). Re-running on the same workdir resumes
+from the latest checkpoint and continues exactly: same data order, same dropout keys, same
+final parameters as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
-import signal
-import tempfile
 import time
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import flax
 import jax
@@ -26,8 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rnn_jax import checkpoints, config as config_lib, data, diagnostics, models, recurrent
-from rnn_jax import reporting, workdir as workdir_lib
+from rnn_jax import config as config_lib, data, diagnostics, engine, models, recurrent
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -104,28 +102,6 @@ def create_train_state(model: models.SequenceModel, tx: optax.GradientTransforma
                     first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
-# ----------------------------------------------------------------------------- losses
-
-def loss_and_metrics(model: models.SequenceModel, logits: jax.Array, labels: jax.Array,
-                     weights: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Weighted mean loss, and the sums needed for exact metrics over many batches.
-
-  The per-example rule is `models.per_example_loss`.
-  """
-  per_example, correct = models.per_example_loss(model, logits, labels)
-  count = jnp.sum(weights)
-  loss = jnp.sum(per_example * weights) / jnp.maximum(count, 1.0)
-  sums = {"loss_sum": jnp.sum(per_example * weights), "correct": jnp.sum(correct * weights),
-          "count": count}
-  return loss, sums
-
-
-def _weights(batch: Batch) -> jax.Array:
-  if "mask" in batch:
-    return batch["mask"].astype(jnp.float32)
-  return jnp.ones(batch["labels"].shape[:1], jnp.float32)
-
-
 # ----------------------------------------------------------------------------- steps
 
 def apply_if_finite(state: TrainState, grads: Any, loss: jax.Array,
@@ -181,7 +157,7 @@ def train_step(state: TrainState, batch: Batch, rng: jax.Array | None = None, *,
 
   def loss_fn(params):
     logits = model.apply(params, batch["inputs"], batch.get("lengths"), key=keys)
-    return loss_and_metrics(model, logits, batch["labels"], _weights(batch))
+    return models.batch_loss(model, logits, batch)
 
   (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
@@ -202,7 +178,7 @@ def eval_step(params: Any, batch: Batch, *, model: models.SequenceModel,
               axis_name: str | None = None) -> dict[str, jax.Array]:
   """Sums of loss, correct predictions and real examples on `batch` (padding rows masked)."""
   logits = model.apply(params, batch["inputs"], batch.get("lengths"))
-  _, sums = loss_and_metrics(model, logits, batch["labels"], _weights(batch))
+  _, sums = models.batch_loss(model, logits, batch)
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
   return sums
@@ -226,26 +202,36 @@ def compiler_options() -> dict[str, Any] | None:
 
 
 class Runner:
-  """Compiled train/eval steps for one of three ways to use the devices.
+  """Compiled train/eval steps for one of four ways to use the devices.
 
   - "jit": one device, `jax.jit`.
   - "sharded": `jax.jit` over a 1-D `Mesh` ('data'): the batch sharded on its first axis,
     state replicated; XLA inserts the gradient all-reduce. Works across processes.
   - "pmap": `jax.pmap` with `lax.pmean` over the 'data' axis; state replicated per device and
     batches reshaped to [devices, per_device, ...].
-  All three compute the same update on the same global batch.
+  - "vmap": `rows` runs that differ only in their seed, stepped together on one device:
+    `jax.jit(jax.vmap(train_step))` over a leading seed axis on the state and the batches
+    (each seed's own batch; see `stack_batches`).
+  The first three compute the same update on the same global batch. Under "vmap" the states
+  and batches given to the methods are sequences, one per seed.
   """
 
   def __init__(self, mode: str, model: models.SequenceModel, tx: optax.GradientTransformation,
-               schedule: optax.Schedule | None = None):
+               schedule: optax.Schedule | None = None, *, rows: int = 1,
+               can_pad: bool = False):
     if mode == "auto":
       mode = "sharded" if jax.device_count() > 1 else "jit"
-    self.mode = mode
+    if (mode == "vmap") != (rows > 1):
+      raise ValueError(f"parallel={mode!r} with {rows} row(s): 'vmap' is for several seeds, "
+                       "the other modes for one run.")
+    self.mode, self.rows, self._can_pad = mode, rows, can_pad
     self._compiled = {}  # Batch shapes -> ahead-of-time compiled train step.
     step = functools.partial(train_step, model=model, tx=tx, schedule=schedule)
     evaluate = functools.partial(eval_step, model=model)
     options = compiler_options()
-    if mode == "jit":
+    if mode in ("jit", "vmap"):
+      if mode == "vmap":
+        step, evaluate = jax.vmap(step), jax.vmap(evaluate)
       self._train = jax.jit(step, donate_argnums=0, compiler_options=options)
       self._eval = jax.jit(evaluate, compiler_options=options)
     elif mode == "sharded":
@@ -262,8 +248,10 @@ class Runner:
     else:
       raise ValueError(f"parallel={mode!r} is not one of 'auto', 'jit', 'sharded', 'pmap'.")
 
-  def put_state(self, state: TrainState) -> TrainState:
-    """Places a host state on the devices as this mode wants it."""
+  def put_state(self, state: TrainState | Sequence[TrainState]) -> TrainState:
+    """Places a host state (under "vmap": one per seed) on the devices as this mode wants it."""
+    if self.mode == "vmap":
+      return jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(state)))
     if self.mode == "sharded":
       # From a host copy: with several processes, a committed single-device array (e.g. one
       # restored by Orbax) would ask for a cross-host transfer, which CPU and GPU lack.
@@ -277,13 +265,25 @@ class Runner:
     return jax.device_put(state)
 
   def get_state(self, state: TrainState) -> TrainState:
-    """One host copy of the state (the first replica under pmap)."""
+    """One host copy of the state (under pmap: the first replica; under vmap: all seeds)."""
     if self.mode == "pmap":
       state = jax.tree.map(lambda x: x[0], state)
     return jax.device_get(state)
 
-  def put_batch(self, batch: Batch) -> Batch:
-    """This process's NumPy batch -> device arrays of the global batch."""
+  def host_states(self, state: TrainState) -> list[TrainState]:
+    """One host copy of the state per row (under pmap: of the first replica)."""
+    state = jax.device_get(state)
+    if self.mode == "vmap":
+      return [jax.tree.map(lambda x, i=i: x[i], state) for i in range(self.rows)]
+    if self.mode == "pmap":
+      state = jax.tree.map(lambda x: x[0], state)
+    return [state]
+
+  def put_batch(self, batch: Batch | Sequence[Batch]) -> Batch:
+    """This process's NumPy batch (under "vmap": one per seed) -> the device arrays of the
+    global batch."""
+    if self.mode == "vmap":
+      return stack_batches(batch, can_pad=self._can_pad)
     if self.mode == "sharded":
       return {k: jax.make_array_from_process_local_data(self._batch_sharding, v)
               for k, v in batch.items()}
@@ -292,26 +292,29 @@ class Runner:
       return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
     return batch
 
-  def train(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  def train(self, state: TrainState, batch: Batch | Sequence[Batch]
+            ) -> tuple[TrainState, Metrics]:
+    batch = self.put_batch(batch)
     step = self._compiled.get(_shapes(batch), self._train)
-    state, metrics = step(state, self.put_batch(batch))
+    state, metrics = step(state, batch)
     if self.mode == "pmap":
       metrics = jax.tree.map(lambda x: x[0], metrics)
     return state, metrics
 
-  def eval(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
+  def eval(self, params: Any, batch: Batch | Sequence[Batch]) -> dict[str, jax.Array]:
     sums = self._eval(params, self.put_batch(batch))
     if self.mode == "pmap":
       sums = jax.tree.map(lambda x: x[0], sums)
     return sums
 
-  def compile(self, state: TrainState, batch: Batch) -> float:
-    """Compiles the train step for `batch`'s shapes ahead of time; returns seconds taken."""
+  def compile(self, state: TrainState, batch: Batch | Sequence[Batch]) -> float:
+    """Compiles the train step for the batch's shapes ahead of time; returns seconds taken."""
     start = time.perf_counter()
+    batch = self.put_batch(batch)
     if self.mode == "pmap":  # pmap has no AOT path that its call reuses: time a throwaway step.
-      jax.block_until_ready(self._train(jax.tree.map(jnp.copy, state), self.put_batch(batch)))
+      jax.block_until_ready(self._train(jax.tree.map(jnp.copy, state), batch))
     else:
-      self._compiled[_shapes(batch)] = self._train.lower(state, self.put_batch(batch)).compile()
+      self._compiled[_shapes(batch)] = self._train.lower(state, batch).compile()
     return time.perf_counter() - start
 
 
@@ -319,25 +322,46 @@ def _shapes(batch: Batch) -> tuple:
   return tuple((k, np.shape(v)) for k, v in sorted(batch.items()))
 
 
-def evaluate(runner: Runner, params: Any, batches) -> dict[str, float]:
-  """Loss and accuracy over every example of an evaluation split."""
+def stack_batches(batches: tuple[Batch, ...], *, can_pad: bool = False) -> Batch:
+  """[S] batches -> one batch with a leading seed axis.
+
+  With `can_pad` (right-padded token batches with lengths), batches of different widths are
+  right-padded with id 0 to the widest; the masked scan never reads past a length.
+  """
+  widths = {b["inputs"].shape[1] for b in batches}
+  if len(widths) > 1:
+    if not (can_pad and "lengths" in batches[0]):
+      raise ValueError(
+          f"The seeds' batches have different widths {sorted(widths)} and cannot be stacked. "
+          "Fix: set length_buckets=() or padding='post' in the base config, or vmap_seeds=False "
+          "in the sweep.")
+    width = max(widths)
+    batches = [{**b, "inputs": np.pad(b["inputs"], [(0, 0), (0, width - b["inputs"].shape[1])]
+                                      + [(0, 0)] * (b["inputs"].ndim - 2))} for b in batches]
+  return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+
+def evaluate(runner: Runner, params: Any, batches: Iterable[Batch | Sequence[Batch]]
+             ) -> list[dict[str, float]]:
+  """Per row (seed): loss and accuracy over every example of an evaluation split ({} if
+  the split is empty)."""
   totals = None
   for batch in batches:
     sums = runner.eval(params, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
-    return {}
+    return [{} for _ in range(runner.rows)]
   totals = jax.device_get(totals)
-  count = max(float(totals["count"]), 1.0)
-  return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count,
-          "count": int(totals["count"])}
+  out = []
+  for i in range(runner.rows):
+    row = {k: float(v if runner.rows == 1 else v[i]) for k, v in totals.items()}
+    count = max(row["count"], 1.0)
+    out.append({"loss": row["loss_sum"] / count, "accuracy": row["correct"] / count,
+                "count": int(row["count"])})
+  return out
 
 
-# ----------------------------------------------------------------------------- the loop
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss or the gradient became NaN or Inf."""
-
+# ----------------------------------------------------------------------------- classifier runs
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """`jax.distributed.initialize()` when the config or the environment asks for it.
@@ -363,72 +387,6 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
                          "the number of processes / this process's index (0 for the "
                          "coordinator).") from None
   jax.distributed.initialize(**counts)
-
-
-def recorded_run(workdir: str) -> dict[str, Any] | None:
-  """The record (`run_record`) of the run whose checkpoint `workdir` holds, or None if
-  nothing was saved.
-
-  It travels inside each checkpoint (the `record` of `checkpoints.Checkpoints`), so it is the
-  config that trained those parameters whatever config.json says; a checkpoint written
-  before that existed falls back to {"config": config.json}.
-  """
-  latest = checkpoints.latest_record(os.path.join(workdir, "checkpoints"))
-  if latest is None:
-    return None
-  _, record = latest
-  if record and "config" in record:
-    return record
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return {"config": json.load(f)}
-  return None
-
-
-def recorded_config(workdir: str) -> dict[str, Any] | None:
-  """The config inside `recorded_run(workdir)`, or None."""
-  record = recorded_run(workdir)
-  return None if record is None else record["config"]
-
-
-class ResumeConflictError(ValueError):
-  """The workdir holds a run trained with another config."""
-
-
-def check_resume_compatible(workdir: str, config: ml_collections.ConfigDict, *,
-                            ignore: tuple[str, ...] = ()) -> None:
-  """Refuses to resume a workdir whose checkpoint was trained by a different run.
-
-  Which fields define a run is the schema's (`config.resume_conflicts`): all but how it is
-  run (logging, checkpoint intervals, devices); a budget such as num_epochs may grow under a
-  constant learning rate, which extends a finished run. A workdir with no checkpoint (a
-  first start that failed) may start again with any config. `ignore`: fields the trainer
-  does not read (the LM's readout).
-  """
-  old = recorded_config(workdir)
-  if old is None:
-    return
-  new = json.loads(config.to_json_best_effort())
-  old, new = ({k: v for k, v in c.items() if k not in ignore} for c in (old, new))
-  changed = config_lib.resume_conflicts(old, new)
-  if changed:
-    raise ResumeConflictError(
-        f"The workdir {workdir} holds a run with a different config ({'; '.join(changed)}). "
-        "Resuming would mix two experiments. Use a new --workdir, or restore the old values.")
-
-
-def check_workdir_writable(workdir: str) -> None:
-  """Fails before any compute when `workdir` cannot be created or written to."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_check_"):
-      pass
-  except OSError as e:
-    raise ValueError(
-        f"The workdir {workdir} is not writable ({type(e).__name__}: {e.strerror or e}). "
-        "Nothing was run. Fix: choose a --workdir on a writable filesystem with free space, "
-        "or fix its permissions.") from e
 
 
 def check_fits_in_memory(model: models.SequenceModel, config: ml_collections.ConfigDict,
@@ -482,235 +440,6 @@ def _check_batch_shapes(task: data.Task, batch: Batch) -> None:
         "declared seq_len / input_size.")
 
 
-def _move_aside_unsaved_attempt(workdir: str) -> None:
-  """metrics.jsonl and tensorboard/ of a start that saved no checkpoint -> *.unsaved-<time>,
-  so that the curves of the run starting now are not mixed with them."""
-  stamp = time.strftime("%Y%m%d-%H%M%S")
-  for name in (reporting.METRICS_FILE, "tensorboard"):
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      os.replace(path, f"{path}.unsaved-{stamp}")
-      logging.warning("%s is from a start that saved no checkpoint; moved to %s.unsaved-%s.",
-                      path, path, stamp)
-
-
-def run_record(config: ml_collections.ConfigDict,
-               task: data.Task | None = None) -> dict[str, Any]:
-  """What every checkpoint of a run carries about it: the config that trained it and the
-  SHA-256 of each file its data depends on (`task.metadata`'s "*_file" entries: the IMDB
-  vocabulary, the pixel permutation), which `check_data_files` compares on resume."""
-  files = {} if task is None else {
-      name: _sha256(path) for name, path in task.metadata.items()
-      if name.endswith("_file") and path and os.path.exists(path)}
-  return {"config": json.loads(config.to_json_best_effort()), "data_files": files}
-
-
-def check_data_files(workdir: str, task: data.Task) -> None:
-  """Refuses to resume when a file the data depends on differs from the checkpoint's: the
-  parameters were trained with the old one (a changed vocabulary re-maps every word)."""
-  record = recorded_run(workdir)
-  recorded = (record or {}).get("data_files") or {}
-  current = run_record(ml_collections.ConfigDict(), task)["data_files"]
-  changed = [f"{task.metadata[name]}" for name, digest in recorded.items()
-             if current.get(name, digest) != digest]
-  if changed:
-    raise ValueError(
-        f"{', '.join(changed)} differs from the file the checkpoint in {workdir} was trained "
-        "with (its SHA-256 is stored in the checkpoint). Fix: put the original file back, or "
-        "use a new --workdir.")
-
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  tmp = os.path.join(workdir, "config.json.tmp")
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(tmp, os.path.join(workdir, "config.json"))
-
-
-@contextlib.contextmanager
-def _sigterm_flag():
-  """Yields a dict whose "set" becomes True on SIGTERM, so the loop can save and exit."""
-  flag = {"set": False}
-  previous = None
-
-  def handler(signum, frame):
-    del signum, frame
-    flag["set"] = True
-
-  try:
-    previous = signal.signal(signal.SIGTERM, handler)
-  except ValueError:  # Not the main thread (e.g. some notebook runners): no handler.
-    previous = None
-  try:
-    yield flag
-  finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains, evaluates, checkpoints and reports. Resumes from `workdir` if it holds a run.
-
-  Returns the summary also written to `workdir/summary.json`.
-  """
-  # Whatever stops the run (NaN, SIGTERM, a write error), close the Orbax managers and the
-  # metric files, so the real error is the last thing printed.
-  with contextlib.ExitStack() as cleanup:
-    return _train_and_evaluate(config, workdir, cleanup)
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        cleanup: contextlib.ExitStack) -> dict[str, Any]:
-  start_time = time.perf_counter()
-  config_lib.validate(config)
-  maybe_initialize_distributed(config)
-  config_lib.validate_devices(config, jax.device_count(), jax.process_count())
-  primary = jax.process_index() == 0
-  workdir = os.path.abspath(workdir)
-  check_workdir_writable(workdir)
-  cleanup.enter_context(workdir_lib.lock(workdir))  # One run per workdir.
-  check_resume_compatible(workdir, config)
-
-  task = data.load(config, workdir)
-  check_data_files(workdir, task)
-  recorded = recorded_config(workdir)  # Before config.json is rewritten below.
-  if primary and recorded is None:  # Nothing saved: earlier metrics are a failed attempt's.
-    _move_aside_unsaved_attempt(workdir)
-  if primary:  # Only after the data accepted the config: a rejected value must not stick.
-    save_config(workdir, config)
-  model = build_model(config, task)
-  check_fits_in_memory(model, config, task)
-  total_steps = task.steps_per_epoch * config.num_epochs
-  tx, schedule = build_optimizer(config, total_steps)
-  runner = Runner(config.parallel, model, tx, schedule)
-  state = create_train_state(model, tx, config.seed)
-  num_params = models.num_params(state.params)
-
-  ckpt = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                 keep=config.keep_checkpoints, keep_best=1,
-                                 best_metric="validation_accuracy",
-                                 record=run_record(config, task))
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state, _ = restored
-    logging.info("Resumed from step %d in %s.", int(state.step), workdir)
-  cleanup.callback(ckpt.close)
-  writer = reporting.MetricWriter(workdir, enabled=primary)
-  cleanup.callback(writer.close)
-  first_step = int(state.step)
-  if restored is not None and recorded is not None:  # What changed, said in the record.
-    changed = config_lib.changed_fields(recorded, json.loads(config.to_json_best_effort()))
-    if changed:
-      writer.write(first_step, {"changed": changed}, kind="resume")
-  state = runner.put_state(state)
-
-  first_batch = next(task.train_batches(0))
-  _check_batch_shapes(task, first_batch)
-  compile_time = runner.compile(state, first_batch)
-  logging.info("Train step compiled in %.2f s (%s, %d device(s)).", compile_time, runner.mode,
-               jax.device_count())
-  diagnose = None
-  if config.diagnostics_every_steps > 0 and primary:
-    diagnose = diagnostics.make_diagnostics(
-        model, diagnostics_batch(task),
-        loss_fn=lambda logits, b: loss_and_metrics(model, logits, b["labels"], _weights(b))[0])
-
-  previous = [r for r in reporting.read_metrics(workdir)
-              if r.get("kind") == "epoch" and r["step"] <= first_step]
-  best_val = max((r.get("validation_accuracy", -1.0) for r in previous), default=-1.0)
-  train_time, train_examples = 0.0, 0
-  step = first_step
-  epoch_metrics: dict[str, Any] = {}
-  with _sigterm_flag() as sigterm:
-    for epoch in range(step // task.steps_per_epoch, config.num_epochs):
-      epoch_start = time.perf_counter()
-      start_in_epoch = step - epoch * task.steps_per_epoch
-      bar = reporting.progress(epoch + 1, task.steps_per_epoch, initial=start_in_epoch,
-                               enabled=None if primary and config.progress_bar else False)
-      last: dict[str, float] = {}
-      totals = None
-      for batch in task.train_batches(epoch, start_in_epoch):
-        state, metrics = runner.train(state, batch)
-        totals = add_step_metrics(totals, metrics)
-        step += 1
-        if step % config.log_every_steps == 0 or step % task.steps_per_epoch == 0:
-          last = _host_metrics(metrics)  # Waits for this step: the timing below is honest.
-          check_finite(state, config, [ckpt])
-          examples = (step - epoch * task.steps_per_epoch - start_in_epoch) * config.batch_size
-          last["examples_per_s"] = examples / (time.perf_counter() - epoch_start)
-          writer.write(step, last, kind="train")
-          bar.set_metrics(loss=last["loss"], examples_per_s=last["examples_per_s"])
-        bar.update(1)
-        if diagnose is not None and step % config.diagnostics_every_steps == 0:
-          writer.write(step, diagnose(runner.get_state(state).params), kind="diagnostics")
-        if step % config.checkpoint_every_steps == 0:
-          check_finite(state, config, [ckpt])  # Never save past a NaN: resuming would re-stop.
-          ckpt.save(step, runner.get_state(state))
-        if sigterm["set"]:
-          check_finite(state, config, [ckpt])
-          ckpt.save(step, runner.get_state(state), force=True)
-          ckpt.wait()
-          bar.close()
-          logging.warning("SIGTERM: saved step %d in %s; run the same command to resume.",
-                          step, workdir)
-          raise SystemExit(143)
-      bar.close()
-      jax.block_until_ready(state)
-      train_time += time.perf_counter() - epoch_start
-      train_examples += (task.steps_per_epoch - start_in_epoch) * config.batch_size
-      epoch_time = time.perf_counter() - epoch_start
-      epoch_metrics = {"epoch": epoch + 1, **epoch_train_means(totals),
-                       "last_batch_accuracy": last.get("accuracy"),
-                       "last_batch_loss": last.get("loss"), "epoch_time_s": epoch_time,
-                       "examples_per_s": (task.steps_per_epoch - start_in_epoch)
-                                         * config.batch_size / epoch_time}
-      if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.num_epochs:
-        val = evaluate(runner, state.params, task.eval_batches("validation"))
-        if val:
-          epoch_metrics.update(validation_accuracy=val["accuracy"], validation_loss=val["loss"])
-      check_finite(state, config, [ckpt])
-      host_state = runner.get_state(state)
-      ckpt.save(step, host_state, force=True)
-      if "validation_accuracy" in epoch_metrics:
-        best_val = max(best_val, epoch_metrics["validation_accuracy"])
-        ckpt.save_best(step, host_state,
-                       {"validation_accuracy": epoch_metrics["validation_accuracy"]})
-      writer.write(step, epoch_metrics, kind="epoch")
-      if primary:
-        print(reporting.epoch_line(epoch + 1, epoch_metrics), flush=True)
-
-  test = evaluate(runner, state.params, task.eval_batches("test"))
-  writer.write(step, {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}, kind="eval")
-  ckpt.wait()
-  summary = {
-      "config": json.loads(config.to_json_best_effort()),
-      "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-      "best_validation_accuracy": best_val if best_val >= 0 else None,
-      "final_validation_accuracy": epoch_metrics.get("validation_accuracy"),
-      "num_params": num_params, "steps": step, "epochs": config.num_epochs,
-      "wall_time_s": time.perf_counter() - start_time,
-      "train_examples_per_s": train_examples / train_time if train_time else None,
-      "compile_time_s": compile_time, "resumed_from_step": first_step,
-      "devices": jax.device_count(), "parallel": runner.mode,
-      "nonfinite_steps_skipped": int(jax.device_get(runner.get_state(state).nonfinite_steps)),
-  }
-  if primary:
-    reporting.write_summary(workdir, summary)
-    if config.plots:
-      reporting.plot_curves(workdir)
-    print(f"test accuracy {test['accuracy']:.4f}  (loss {test['loss']:.4f}; "
-          f"{summary['wall_time_s']:.0f} s)", flush=True)
-  return summary
-
-
 def diagnostics_batch(task: data.Task, max_examples: int = 256) -> Batch:
   """The fixed batch diagnostics are computed on: the first validation batch (the first train
   batch of epoch 0 without a validation split), cut to `max_examples` rows."""
@@ -721,63 +450,99 @@ def diagnostics_batch(task: data.Task, max_examples: int = 256) -> Batch:
   return {k: v[:max_examples] for k, v in batch.items()}
 
 
-@jax.jit
-def _add_step_metrics(totals: Metrics, metrics: Metrics) -> Metrics:
-  finite = jnp.isfinite(metrics["loss"])
-  sums = {k: totals[k] + jnp.where(finite, v, 0.0) for k, v in metrics.items()}
-  return {**sums, "steps": totals["steps"] + finite.astype(jnp.int32)}
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains, evaluates, checkpoints and reports. Resumes from `workdir` if it holds a run.
 
-
-def add_step_metrics(totals: Metrics | None, metrics: Metrics,
-                     names: tuple[str, ...] = ("loss", "accuracy")) -> Metrics:
-  """Running sums over the epoch of the step metrics `names`, kept on the device (no sync).
-
-  Steps whose loss is not finite (skipped updates) are left out. Leaves may carry a leading
-  axis (vmapped seeds): sums are then per row.
+  Returns the summary also written to `workdir/summary.json`.
   """
-  metrics = {k: metrics[k] for k in names}
-  if totals is None:
-    totals = {**jax.tree.map(jnp.zeros_like, metrics),
-              "steps": jnp.zeros(jnp.shape(metrics["loss"]), jnp.int32)}
-  return _add_step_metrics(totals, metrics)
+  return train_runs([config], [workdir])[0]
 
 
-def epoch_train_means(totals: Metrics | None) -> dict[str, Any]:
-  """"train_<name>": the mean over every finite step of the epoch that this process ran
-  (after a mid-epoch resume: the steps since the resume; None if none counted), and
-  "train_steps", their number."""
-  if totals is None:
-    return {"train_loss": None, "train_steps": 0}
-  host = jax.device_get(totals)
-  steps = int(host.pop("steps"))
-  means = {f"train_{k}": float(v) / steps if steps else None for k, v in host.items()}
-  return {**means, "train_steps": steps}
+def train_runs(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str]
+               ) -> list[dict[str, Any]] | None:
+  """Trains one run, or several that differ only in `seed` together (one vmapped step).
 
-
-def _host_metrics(metrics: Metrics) -> dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
-def check_finite(state: TrainState, config: ml_collections.ConfigDict,
-                 ckpts: list[checkpoints.Checkpoints]) -> None:
-  """With nonfinite='stop', raises at the first check after a NaN/Inf step.
-
-  The bad update itself was never applied (`apply_if_finite`), and every training loop calls
-  this before each save, so the last checkpoint on disk is the last one before the bad step.
-  `state` may carry a leading axis (pmap replicas, or vmapped seeds with one checkpoint
-  directory each in `ckpts`); the first row with a bad step is reported.
+  Each workdir gets what a run of its own writes. Seeds whose checkpoints stopped at
+  different steps cannot step together: then nothing is trained and None is returned (train
+  them one by one). Returns the summaries.
   """
-  if config.nonfinite != "stop":
-    return
-  counts, firsts = (np.ravel(x) for x in jax.device_get(
-      (state.nonfinite_steps, state.first_nonfinite_step)))
-  bad = np.flatnonzero(counts)
-  if len(bad):
-    row = int(bad[0])
-    ckpt = ckpts[row] if len(ckpts) > 1 else ckpts[0]
-    seed = f" (vmapped seed index {row})" if len(ckpts) > 1 else ""
-    raise NonFiniteLossError(
-        f"Loss or gradient became NaN/Inf at step {int(firsts[row])}{seed}. The last good "
-        f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower "
-        "--config.learning_rate, set --config.grad_clip_norm (e.g. 1.0), or set "
-        "--config.nonfinite=skip to skip such steps.")
+  # Whatever stops the run (NaN, SIGTERM, a write error), close the Orbax managers and the
+  # metric files, so the real error is the last thing printed.
+  with contextlib.ExitStack() as cleanup:
+    job = _classifier_job(configs, [os.path.abspath(w) for w in workdirs], cleanup)
+    return None if job is None else engine.fit(job)
+
+
+def _step_without_carry(runner: Runner, state: TrainState, carry: None,
+                        batch: Batch | Sequence[Batch]) -> tuple[TrainState, None, Metrics]:
+  state, metrics = runner.train(state, batch)
+  return state, carry, metrics
+
+
+def _classifier_job(configs, workdirs, cleanup) -> engine.Job | None:
+  start_time = time.perf_counter()
+  for c in configs:
+    config_lib.validate(c)
+  seedless = [{k: v for k, v in json.loads(c.to_json_best_effort()).items() if k != "seed"}
+              for c in configs]
+  if any(s != seedless[0] for s in seedless):
+    raise ValueError("Runs trained together must have configs that differ only in `seed`.")
+  config, rows = configs[0], len(configs)
+  maybe_initialize_distributed(config)
+  config_lib.validate_devices(config, jax.device_count(), jax.process_count())
+  primary = jax.process_index() == 0
+  engine.claim_workdirs(configs, workdirs, cleanup)
+
+  tasks = [data.load(c, w) for c, w in zip(configs, workdirs)]
+  if len({t.steps_per_epoch for t in tasks}) > 1:
+    raise ValueError("The seeds' tasks have different epoch lengths; use vmap_seeds=False.")
+  task = tasks[0]
+  model = build_model(config, task)
+  check_fits_in_memory(model, config, task)
+  records = engine.open_records(configs, workdirs,
+                                [engine.data_files(t.metadata) for t in tasks], cleanup,
+                                best_metric="validation_accuracy", best_mode="max",
+                                primary=primary)
+  total_steps = task.steps_per_epoch * config.num_epochs
+  tx, schedule = build_optimizer(config, total_steps)
+  runner = Runner("vmap" if rows > 1 else config.parallel, model, tx, schedule, rows=rows,
+                  can_pad=config.padding == "post")
+  fresh = [create_train_state(model, tx, c.seed) for c in configs]
+  restored = [ckpt.restore_latest(s) for ckpt, s in zip(records.checkpoints, fresh)]
+  steps = {0 if r is None else int(r[1]) for r in restored}
+  if len(steps) > 1:
+    logging.warning("Seeds stopped at different steps %s; they cannot step together.", steps)
+    return None
+  first_step = steps.pop()
+  if first_step:
+    logging.info("Resumed from step %d in %s.", first_step, ", ".join(workdirs))
+    records.note_resume(configs, first_step)
+  states = [s if r is None else r[0] for s, r in zip(fresh, restored)]
+  # One run takes its state and batches as they are; seeds as sequences, one per seed.
+  per_row = (lambda xs: tuple(xs)) if rows > 1 else (lambda xs: next(iter(xs)))
+  state = runner.put_state(per_row(states))
+
+  first_batches = [next(t.train_batches(0)) for t in tasks]
+  _check_batch_shapes(task, first_batches[0])
+  compile_time = runner.compile(state, per_row(first_batches))
+  logging.info("Train step compiled in %.2f s (%s, %d device(s)).", compile_time, runner.mode,
+               jax.device_count())
+  diagnose = None
+  if config.diagnostics_every_steps > 0 and primary:
+    diagnose = [diagnostics.make_diagnostics(model, diagnostics_batch(t)) for t in tasks]
+  return engine.Job(
+      configs=configs, workdirs=workdirs, checkpoints=records.checkpoints,
+      writers=records.writers, state=state,
+      step=functools.partial(_step_without_carry, runner),
+      batches=lambda epoch, first: map(per_row, zip(*[t.train_batches(epoch, first)
+                                                      for t in tasks])),
+      evaluate=lambda state, split: evaluate(
+          runner, state.params, map(per_row, zip(*[t.eval_batches(split) for t in tasks]))),
+      host_states=runner.host_states, steps_per_epoch=task.steps_per_epoch,
+      total_steps=total_steps, examples_per_step=rows * config.batch_size,
+      first_step=first_step, compile_time_s=compile_time, start_time=start_time,
+      summary={"num_params": models.num_params(states[0].params),
+               "devices": 1 if rows > 1 else jax.device_count(),
+               "parallel": "vmap_seeds" if rows > 1 else runner.mode,
+               **({"vmapped_seeds": rows} if rows > 1 else {})},
+      diagnose=diagnose, label=f"[{rows} seeds] " if rows > 1 else "", primary=primary)

@@ -62,7 +62,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
-from rnn_jax import checkpoints, data, train  # noqa: E402
+from rnn_jax import checkpoints, data, engine, train  # noqa: E402
 from rnn_jax.data import common  # noqa: E402
 
 # The tiny run: 40 steps per epoch, 4 epochs, a checkpoint every 5 steps. Dropout and a cosine
@@ -327,7 +327,7 @@ def case_nan_stop(ctx: Context) -> str:
   with _poison(12):
     try:
       train_quietly(tiny_config(num_epochs=1), workdir)
-    except train.NonFiniteLossError as e:
+    except engine.NonFiniteLossError as e:
       error = e
     else:
       error = None

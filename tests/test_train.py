@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import base
-from rnn_jax import checkpoints, data, train
+from rnn_jax import checkpoints, data, engine, train
 
 from conftest import real_data_dir
 
@@ -154,7 +154,7 @@ def _poison_one_batch(monkeypatch, at_step):
 
 def test_nan_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path, monkeypatch):
   _poison_one_batch(monkeypatch, at_step=5)
-  with pytest.raises(train.NonFiniteLossError, match=r"step 4\b.*last good checkpoint is step 3"):
+  with pytest.raises(engine.NonFiniteLossError, match=r"step 4\b.*last good checkpoint is step 3"):
     run(tiny_config(), tmp_path)
   state, step = latest_params(tmp_path, tiny_config())
   assert step == 3

@@ -18,7 +18,7 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from rnn_jax import ablate, config as config_lib, data, lm, models, recurrent, reporting, train
+from rnn_jax import ablate, config as config_lib, data, engine, lm, models, recurrent, reporting, train
 
 from test_train import latest_params, run, tiny_config
 
@@ -219,7 +219,7 @@ def test_vmapped_seeds_never_checkpoint_past_a_nan(tmp_path, monkeypatch):
               plots=False)
   sweep.sweep = {"cell": ["gru"]}
   sweep.seeds = [0, 1]
-  with pytest.raises(train.NonFiniteLossError, match=r"at step 4\b") as error:
+  with pytest.raises(engine.NonFiniteLossError, match=r"at step 4\b") as error:
     ablate.run_sweep(sweep, str(tmp_path))
   for seed in (0, 1):
     ckpts = os.listdir(os.path.join(ablate.run_dir(str(tmp_path), "cell=gru", seed),
@@ -250,8 +250,8 @@ def test_lm_skips_a_nonfinite_window_with_the_shared_guard():
   before = jax.device_get(state.params)
   poisoned = state.replace(params={**state.params, "head": {
       "w": state.params["head"]["w"] * np.nan, "b": state.params["head"]["b"]}})
-  after, carries2, loss = step(poisoned, carries, rows[:, 5:10], rows[:, 6:11])
-  assert not np.isfinite(float(loss))
+  after, carries2, metrics = step(poisoned, carries, rows[:, 5:10], rows[:, 6:11])
+  assert not np.isfinite(float(metrics["loss"]))
   assert int(after.nonfinite_steps) == 1 and int(after.first_nonfinite_step) == 1
   # Nothing was applied (the params are the poisoned ones, untouched) and the carries restart.
   np.testing.assert_array_equal(after.params["rnn"][0]["fwd"]["w_x"],

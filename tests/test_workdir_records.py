@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from rnn_jax import train
+from rnn_jax import engine, train
 
 from test_train import latest_params, run, tiny_config
 
@@ -28,7 +28,7 @@ def test_the_checkpoint_carries_its_config_when_config_json_is_gone(tmp_path):
   (tmp_path / "config.json").unlink()
   with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
     run(tiny_config(num_epochs=1, seed=1), tmp_path)
-  assert train.recorded_config(str(tmp_path))["seed"] == 0
+  assert engine.recorded_config(str(tmp_path))["seed"] == 0
 
 
 def test_a_failed_first_start_does_not_lock_the_workdir(tmp_path, monkeypatch):
