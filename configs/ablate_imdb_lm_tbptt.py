@@ -29,25 +29,15 @@ for long-range structure to matter; equal updates (k = 100 for 6,250 updates is 
 3+ epochs) is the other comparison, out of this CPU's reach.
 """
 
-from rnn_jax import ablate, lm
+from configs import imdb_lm
+from rnn_jax import ablate
 
 
 def get_config():
   config = ablate.defaults()
-  base = lm.defaults()
-  base.cell = "gru"
-  base.hidden_size = 256
-  base.embed_size = 128
-  base.batch_size = 32
-  base.learning_rate = 2e-3
-  base.num_epochs = 1
-  base.max_tokens = 1_000_000  # The same training tokens for every k (a CPU budget).
-  base.eval_tokens = 500_000
-  base.log_every_steps = 100
-  config.base = base
+  config.base = imdb_lm.get_config()  # GRU 256, 1M training tokens, 500k test tokens.
   config.sweep = {"window": [5, 10, 35, 100]}
   config.seeds = [0]
-  config.trainer = "lm"
   config.vmap_seeds = False
   config.metrics = ("test_perplexity", "test_loss")
   config.curve_metric = "validation_perplexity"

@@ -13,8 +13,9 @@ runs (recomputing diagnostics.json from the last checkpoint when an older versio
 and resumes the others; a run trained with a different config is refused, naming the
 fields. To extend a finished sweep, raise its budget on the same workdir, e.g.
 `--config.base.num_epochs=20` (constant learning rate only): every run resumes from its last
-checkpoint and trains on, as if it had been started with the larger budget (exactly so for
-classifier runs; the LM restarts its carries at zero where the old budget ended).
+checkpoint and trains on, as if it had been started with the larger budget (the LM from the
+carries saved in its checkpoint). A base config with the LM's fields (`lm.is_lm_config`)
+makes a sweep of language models; any other, of classifiers.
 DIR/results.md and DIR/results.csv hold mean +- std over seeds; DIR/plots/ the learning
 curves, a summary bar chart and the gradient norm through time.
 
@@ -49,9 +50,6 @@ import numpy as np
 from rnn_jax import checkpoints, config as config_lib, data, diagnostics, engine, lm, reporting
 from rnn_jax import train, workdir as workdir_lib
 
-TRAINERS = ("classifier", "lm")
-
-
 def defaults() -> ml_collections.ConfigDict:
   """The fields of a sweep config, with their defaults."""
   c = ml_collections.ConfigDict()
@@ -62,7 +60,6 @@ def defaults() -> ml_collections.ConfigDict:
   c.vmap_seeds = True            # Train the seeds of a setting together (jax.vmap); else one by one.
   c.match_params = 0             # > 0: pick each setting's hidden_size so its parameter count is
                                  # closest to this (budget matching across cells); 0 = off.
-  c.trainer = "classifier"       # 'classifier' (train.train_and_evaluate) or 'lm' (rnn_jax.lm).
   c.metrics = ("test_accuracy", "test_loss")  # summary.json fields tabulated (mean +- std).
   c.curve_metric = "validation_accuracy"  # Epoch metric for the learning-curve plot.
   c.horizon_fraction = 0.01      # memory_horizon threshold.
@@ -111,13 +108,10 @@ def run_config(base: ml_collections.ConfigDict, overrides: dict[str, Any],
 
 
 def task_dims(config: ml_collections.ConfigDict) -> tuple[str, int, int]:
-  """(input_kind, input_size, num_classes) of the config's task, without loading big data."""
-  if config.dataset == "adding":
-    return "features", 2, 0
-  if config.dataset in ("mnist", "fashion_mnist"):
-    return "features", 28 if config.sequence == "rows" else 1, 10
-  if config.dataset == "imdb_reviews":
-    return "tokens", config.vocab_size, 2
+  """(input_kind, input_size, num_classes) of the config's task: from the dataset's `dims`
+  (no data read), else from the loaded task."""
+  if config.dataset in data.DIMS:
+    return data.DIMS[config.dataset](config)
   task = data.load(config)
   return task.input_kind, task.input_size, task.num_classes
 
@@ -256,8 +250,7 @@ def run_dir(workdir: str, name: str, seed: int) -> str:
 
 def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Trains every unfinished (setting, seed), then writes the tables and plots. Returns rows."""
-  if sweep.trainer not in TRAINERS:
-    raise ValueError(f"trainer={sweep.trainer!r} is not one of {TRAINERS}.")
+  language_model = lm.is_lm_config(sweep.base)  # Else a classifier (train.train_runs).
   os.makedirs(workdir, exist_ok=True)
   for name, overrides in settings(sweep):
     configs = [run_config(sweep.base, overrides, seed) for seed in sweep.seeds]
@@ -270,7 +263,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
             if not _finished_or_moved_aside(c, d, sweep.on_mismatch)]
     kwargs = dict(horizon_fraction=sweep.horizon_fraction,
                   diagnostics_examples=sweep.diagnostics_examples)
-    if sweep.trainer == "classifier":  # Finished runs from an older version: recompute.
+    if not language_model:  # Finished runs from an older version: recompute.
       for i, d in enumerate(dirs):
         if i not in todo and _stale_diagnostics(d):
           print(f"== {name}: recomputing seed {sweep.seeds[i]}'s final diagnostics", flush=True)
@@ -280,7 +273,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
       logging.info("%s: all seeds finished; skipped.", name)
       continue
     print(f"== {name}: seeds {[sweep.seeds[i] for i in todo]}", flush=True)
-    if sweep.trainer == "lm":
+    if language_model:
       for i in todo:
         lm.train_lm(configs[i], dirs[i])
     elif sweep.vmap_seeds and len(todo) > 1:

@@ -133,11 +133,10 @@ def resume_conflicts(old: Mapping, new: Mapping) -> list[str]:
   return conflicts
 
 
+# Choices of the fields the trainer reads. A dataset's own fields (sequence, normalize,
+# padding, truncating) are checked by that dataset (`data.validate`), a cell's options by the
+# cell (`cells.get`): `train.validate` asks them.
 _CHOICES = {
-    "sequence": ("rows", "pixels", "permuted_pixels"),
-    "normalize": ("unit", "standardize"),
-    "padding": ("pre", "post"),
-    "truncating": ("pre", "post"),
     "readout": ("last", "mean"),
     "dropout_mode": ("outputs", "cell_inputs"),
     "lr_schedule": ("constant", "cosine", "warmup_cosine"),
@@ -159,10 +158,9 @@ _RATES = ("dropout_rate", "recurrent_dropout_rate")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks every field's name, type and range. Raises ValueError saying what to fix."""
-  # Imported here so that config files can import this module without JAX.
-  from rnn_jax import cells, data
-
+  """Checks every field's name, type and range against the schema. Raises ValueError saying
+  what to fix. What only a cell or a dataset knows (its options, its fields' choices) is
+  theirs to check: `train.validate` runs this, then asks them."""
   reference = defaults()
   errors = []
   for name in config.keys():
@@ -215,12 +213,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.truncation is not None and (not isinstance(config.truncation, int)
                                         or config.truncation < 1):
     errors.append(f"truncation must be None or an integer >= 1, got {config.truncation!r}.")
-  if config.dataset not in data.LOADERS:
-    errors.append(f"dataset={config.dataset!r} has no loader; known: {sorted(data.LOADERS)}.")
-  try:  # The cell checks its own options (names and types).
-    cells.get(config.cell, **dict(config.cell_options))
-  except ValueError as e:
-    errors.append(str(e))
   if errors:
     raise ValueError(_message(errors))
 
@@ -237,9 +229,9 @@ def _length_bucket_errors(config: ml_collections.ConfigDict) -> list[str]:
           f"\"({max(1, config.max_len // 4)}, {max(1, config.max_len // 2)})\"."]
 
 
-def validate_devices(config: ml_collections.ConfigDict, num_devices: int,
-                     num_processes: int = 1) -> None:
-  """The global batch must split evenly over devices (and processes)."""
+def validate_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """The global batch must split evenly over the devices (over the processes too, then:
+  each process has the same number of devices)."""
   if config.batch_size % num_devices:
     raise ValueError(_message([
         f"batch_size={config.batch_size} does not divide over {num_devices} devices; use a "
@@ -249,11 +241,6 @@ def validate_devices(config: ml_collections.ConfigDict, num_devices: int,
     raise ValueError(_message([
         f"eval_batch_size={config.eval_batch_size} does not divide over {num_devices} devices; "
         f"use a multiple of {num_devices}."]))
-  for name in ("batch_size", "eval_batch_size"):
-    if config[name] % num_processes:
-      raise ValueError(_message([
-          f"{name}={config[name]} does not divide over {num_processes} processes (each reads "
-          f"{name} / {num_processes} examples); use a multiple of {num_processes}."]))
 
 
 def _message(errors: list[str]) -> str:

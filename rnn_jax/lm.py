@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from rnn_jax import config as config_lib, engine, models, train
+from rnn_jax import cells, config as config_lib, engine, models, train
 from rnn_jax.data import common, imdb
 
 LM_FIELDS = ("window", "eval_window", "max_steps", "max_tokens", "eval_tokens")
@@ -189,6 +189,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   shared = config_lib.defaults()
   shared.update({k: v for k, v in config.items() if k not in LM_FIELDS})
   config_lib.validate(shared)
+  cells.get(config.cell, **dict(config.cell_options))
   for field in LM_FIELDS:
     value, minimum = config.get(field, 0), 1 if field.endswith("window") else 0
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rnn_jax import config as config_lib, data, diagnostics, engine, models, recurrent
+from rnn_jax import cells, config as config_lib, data, diagnostics, engine, models, recurrent
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -450,6 +450,15 @@ def diagnostics_batch(task: data.Task, max_examples: int = 256) -> Batch:
   return {k: v[:max_examples] for k, v in batch.items()}
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Everything about a classifier config that can be checked before anything is loaded:
+  the schema (`config.validate`), then the owners of the rest: the cell registry (the cell
+  and its options, `cells.get`) and the dataset registry (`data.validate`). ValueError."""
+  config_lib.validate(config)
+  cells.get(config.cell, **dict(config.cell_options))
+  data.validate(config)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains, evaluates, checkpoints and reports. Resumes from `workdir` if it holds a run.
 
@@ -482,14 +491,14 @@ def _step_without_carry(runner: Runner, state: TrainState, carry: None,
 def _classifier_job(configs, workdirs, cleanup) -> engine.Job | None:
   start_time = time.perf_counter()
   for c in configs:
-    config_lib.validate(c)
+    validate(c)
   seedless = [{k: v for k, v in json.loads(c.to_json_best_effort()).items() if k != "seed"}
               for c in configs]
   if any(s != seedless[0] for s in seedless):
     raise ValueError("Runs trained together must have configs that differ only in `seed`.")
   config, rows = configs[0], len(configs)
   maybe_initialize_distributed(config)
-  config_lib.validate_devices(config, jax.device_count(), jax.process_count())
+  config_lib.validate_devices(config, jax.device_count())
   primary = jax.process_index() == 0
   engine.claim_workdirs(configs, workdirs, cleanup)
 

@@ -378,8 +378,8 @@ def case_bad_configs(ctx: Context) -> str:
       if processes == 1:
         train_quietly(config, workdir)
       else:  # What train_and_evaluate checks once it knows the processes.
-        train.config_lib.validate(config)
-        train.config_lib.validate_devices(config, processes, processes)
+        train.validate(config)
+        train.config_lib.validate_devices(config, processes)
     except ValueError as e:
       results.append(f"`{short(str(overrides), 60)}`{' on 2 processes' if processes > 1 else ''}"
                      f" → {short(first_line(e), 150)}")

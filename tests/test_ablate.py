@@ -157,7 +157,6 @@ def test_lm_tbptt_sweep_on_a_small_stream(tmp_path, monkeypatch):
   sweep.base = base
   sweep.sweep = {"window": [5, 2]}
   sweep.seeds = [0]
-  sweep.trainer = "lm"
   sweep.metrics = ("test_perplexity", "test_loss")
   sweep.curve_metric = "validation_perplexity"
   rows = ablate.run_sweep(sweep, str(tmp_path))

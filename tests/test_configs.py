@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from rnn_jax import ablate, lm
-from rnn_jax import config as config_lib
+from rnn_jax import ablate, lm, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -25,16 +24,15 @@ def _training_configs(config):
 @pytest.mark.parametrize("name", NAMES)
 def test_config_validates(name):
   config = importlib.import_module(f"configs.{name}").get_config()
-  check = lm.validate if config.get("trainer") == "lm" else config_lib.validate
   for point in _training_configs(config):
-    check(point)
+    (lm.validate if lm.is_lm_config(point) else train.validate)(point)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if "ablate" not in n and n != "base"])
 def test_seeds_wraps_a_task_config(name):
   sweep = importlib.import_module("configs.seeds").get_config(name)
   assert sweep.seeds == [0, 1, 2] and not dict(sweep.sweep)
-  config_lib.validate(sweep.base)
+  (lm.validate if lm.is_lm_config(sweep.base) else train.validate)(sweep.base)
 
 
 def test_seeds_without_a_task_says_how_to_name_one():

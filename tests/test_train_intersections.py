@@ -196,7 +196,7 @@ def test_a_registered_dataset_passes_validation_and_trains(tmp_path):
   try:
     config = tiny_config(dataset="my_adding", sequence_length=6, num_train_examples=64,
                          num_epochs=1)
-    config_lib.validate(config)
+    train.validate(config)
     summary = train.train_and_evaluate(config, str(tmp_path / "registered"))
     builtin = train.train_and_evaluate(tiny_config(**{**config.to_dict(), "dataset": "adding"}),
                                        str(tmp_path / "builtin"))

@@ -26,12 +26,23 @@ SIDE = 28
 NUM_PIXELS = SIDE * SIDE
 
 
+def check_config(config: Mapping[str, Any]) -> None:
+  """The fields only the image tasks read (ValueError naming the fix); reads no data."""
+  common.check_choice(config, 'sequence', SEQUENCES)
+  common.check_choice(config, 'normalize', NORMALIZATIONS)
+
+
+def dims(config: Mapping[str, Any]) -> tuple[str, int, int]:
+  """(input kind, input size, classes) of the task `config` describes, without its data."""
+  return 'features', SIDE if common.field(config, 'sequence') == 'rows' else 1, 10
+
+
 def load(config: Mapping[str, Any], workdir=None, *, process_index: int,
          process_count: int) -> common.Task:
   """The image task named by config.dataset ('mnist' or 'fashion_mnist')."""
   name = config['dataset']
-  sequence = common.check_choice(config, 'sequence', SEQUENCES)
-  normalize = common.check_choice(config, 'normalize', NORMALIZATIONS)
+  check_config(config)
+  sequence, normalize = common.field(config, 'sequence'), common.field(config, 'normalize')
   validation_size = common.check_int(config, 'validation_size', 0)
   batch_size, eval_batch_size, seed = common.check_batching(config, process_count)
 

@@ -88,9 +88,21 @@ def bucket_width(longest: int, buckets: Sequence[int], max_len: int) -> int:
   return next((b for b in buckets if b >= longest), max_len)
 
 
+def check_config(config: Mapping[str, Any]) -> None:
+  """The fields only IMDB reads (ValueError naming the fix); reads no data."""
+  common.check_choice(config, 'padding', MODES)
+  common.check_choice(config, 'truncating', MODES)
+
+
+def dims(config: Mapping[str, Any]) -> tuple[str, int, int]:
+  """(input kind, input size, classes) of the task `config` describes, without its data."""
+  return 'tokens', common.field(config, 'vocab_size'), 2
+
+
 def load(config: Mapping[str, Any], workdir=None, *, process_index: int,
          process_count: int) -> common.Task:
   """The IMDB sentiment task (2 classes, 0 = negative, 1 = positive)."""
+  check_config(config)
   settings = {
       'vocab_size': common.check_int(config, 'vocab_size', len(RESERVED) + 1),
       'max_len': common.check_int(config, 'max_len', 1),

@@ -53,6 +53,12 @@ def adding_problem(num_examples: int, sequence_length: int,
   return inputs, labels
 
 
+def dims(config: Mapping[str, Any]) -> tuple[str, int, int]:
+  """(input kind, input size, classes: 0 = regression) of the adding problem."""
+  del config
+  return 'features', 2, 0
+
+
 def load(config: Mapping[str, Any], workdir=None, *, process_index: int,
          process_count: int) -> common.Task:
   """The adding problem at T = config.sequence_length (see the module docstring)."""
