@@ -311,8 +311,8 @@ def case_disk_full(ctx: Context) -> str:
           "(complete steps: [5]); step 5 restores")
 
 
-def _poison(at_step: int):
-  """Train batches with NaN inputs at the batch that makes step `at_step`."""
+def poisoned_train_batches(at_step: int):
+  """A `data.Task.train_batches` whose batch that makes step `at_step` has NaN inputs."""
   original = data.Task.train_batches
 
   def poisoned(self, epoch, start_step=0):
@@ -321,7 +321,12 @@ def _poison(at_step: int):
         batch = dict(batch, inputs=np.full_like(batch["inputs"], np.nan))
       yield batch
 
-  return patched(data.Task, "train_batches", poisoned)
+  return poisoned
+
+
+def _poison(at_step: int):
+  """Train batches with NaN inputs at the batch that makes step `at_step`, while in use."""
+  return patched(data.Task, "train_batches", poisoned_train_batches(at_step))
 
 
 def case_nan_stop(ctx: Context) -> str:

@@ -8,24 +8,14 @@ import jax
 import numpy as np
 import pytest
 
+from configs import base as base_config
 from rnn_jax import ablate, checkpoints, config as config_lib, data, train
 
 
 def _sweep(axes=None, **overrides):
   sweep = ablate.defaults()
-  base = sweep.base
-  base.dataset = "adding"
-  base.sequence_length = 10
-  base.num_train_examples = 64
-  base.validation_size = 32
-  base.batch_size = 16
-  base.eval_batch_size = 32
-  base.hidden_size = 6
-  base.num_epochs = 2
-  base.log_every_steps = 2
-  base.parallel = "jit"
-  base.progress_bar = False
-  base.plots = False
+  base = sweep.base = base_config.get_config(runlocal=True)
+  base.update(dataset="adding", eval_batch_size=32, hidden_size=6)
   base.dropout_rate = 0.1  # Each seed must keep its own dropout key.
   sweep.sweep = axes or {"cell": ["rnn", "gru"]}
   sweep.seeds = [0, 1]

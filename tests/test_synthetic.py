@@ -3,21 +3,15 @@
 import numpy as np
 import pytest
 
-from rnn_jax import config as config_lib
+from configs import base
 from rnn_jax import data
 from rnn_jax.data import synthetic
 
 
 def _config(**overrides):
-  config = config_lib.defaults()
-  config.dataset = "adding"
-  config.sequence_length = 10
-  config.num_train_examples = 64
-  config.validation_size = 16
-  config.batch_size = 16
-  config.eval_batch_size = 32
-  for key, value in overrides.items():
-    config[key] = value
+  config = base.get_config(runlocal=True)
+  config.update(dataset="adding", validation_size=16, eval_batch_size=32)
+  config.update(overrides)
   return config
 
 

@@ -11,29 +11,20 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import base
+from configs import base, mnist_lstm
 from rnn_jax import checkpoints, data, engine, train
 
+import fault_injection as faults
 from conftest import real_data_dir
 
 
 def tiny_config(**overrides):
-  config = base.get_config()
-  config.dataset = "mnist"
-  config.cell = "lstm"
-  config.hidden_size = 8
-  config.batch_size = 16
-  config.eval_batch_size = 40
-  config.validation_size = 32
-  config.num_epochs = 2
-  config.log_every_steps = 2
-  config.checkpoint_every_steps = 3
-  config.progress_bar = False
-  config.plots = False
-  config.download = True  # Under tfds.testing.mock_data nothing is downloaded.
-  config.parallel = "jit"
-  for k, v in overrides.items():
-    config[k] = v
+  """The row-MNIST LSTM made tiny (`runlocal`), reading mock data, with `overrides`."""
+  config = mnist_lstm.get_config(runlocal=True)
+  defaults = base.get_config()
+  config.update(lr_schedule=defaults.lr_schedule, learning_rate=defaults.learning_rate,
+                download=True)  # Under tfds.testing.mock_data nothing is downloaded.
+  config.update(overrides)
   return config
 
 
@@ -141,15 +132,7 @@ def test_resume_after_interruption_is_bit_exact(tmp_path, monkeypatch):
 
 
 def _poison_one_batch(monkeypatch, at_step):
-  original = data.Task.train_batches
-
-  def poisoned(self, epoch, start_step=0):
-    for i, batch in enumerate(original(self, epoch, start_step)):
-      if epoch * self.steps_per_epoch + start_step + i + 1 == at_step:
-        batch = dict(batch, inputs=np.full_like(batch["inputs"], np.nan))
-      yield batch
-
-  monkeypatch.setattr(data.Task, "train_batches", poisoned)
+  monkeypatch.setattr(data.Task, "train_batches", faults.poisoned_train_batches(at_step))
 
 
 def test_nan_loss_stops_with_the_step_and_last_good_checkpoint(tmp_path, monkeypatch):
@@ -171,7 +154,7 @@ def test_nan_loss_skipped_when_configured(tmp_path, monkeypatch):
 @pytest.mark.parametrize("overrides,message", [
     ({"cell": "lstn"}, "Unknown cell 'lstn'. Known cells: .*lstm"),
     ({"hidden_size": -4}, "hidden_size must be >= 1, got -4"),
-    ({"dataset": "mnits"}, "dataset=.mnits. has no loader"),
+    ({"dataset": "mnits"}, "dataset='mnits' is not a known dataset"),
     ({"batch_size": 30}, "batch_size=30 does not divide over 4 devices"),
     ({"learning_rate": "fast"}, "learning_rate must be a number"),
     ({"dropout_rate": 1.5}, r"dropout_rate must be in \[0, 1\)"),
