@@ -236,15 +236,13 @@ def gate_projections(x: jax.Array, h: jax.Array, params: Params,
   """The G gate blocks of x @ w_x + h @ w_h + b, each [batch, hidden], one gate at a time.
 
   The same function (up to float rounding) as splitting the fused product, computed as two
-  matmuls per gate on column blocks of the fused weights. On CPU this made the row-MNIST LSTM
-  training step (hidden 128, four 128-column blocks) 15-25% faster than one fused product,
-  whether that was x @ w_x + h @ w_h or the single [x, h] @ [w_x; w_h]; at hidden 64 it made
-  no difference. A profile of the step shows independent per-gate products running at the
-  same time on both cores for part of the step (XLA runs independent ops concurrently).
+  matmuls per gate on column blocks of the fused weights: why, because on CPU the small
+  independent per-gate products run concurrently and beat one fused product at hidden 128
+  (docs/performance.md has the measurements; `python -m benchmarks.speed` repeats them).
 
   `params` raw or already through `split_gates`. Split inside the scan's loop, the backward
   pass would join the per-gate weight gradients at every step; `recurrent.scan` therefore
-  splits once per sequence (`Cell.prepare`): 3-12% faster row-MNIST steps in four A/B runs.
+  splits once per sequence (`Cell.prepare`).
   """
   params = split_gates(params, num_gates)
   return [x @ w_x + h @ w_h + b
@@ -304,9 +302,9 @@ def lstm_pointwise(z_i: jax.Array, z_f: jax.Array, z_g: jax.Array, z_o: jax.Arra
   Its derivative is written out (`_lstm_pointwise_jvp`) as six coefficients, which are all
   that reverse mode keeps from this part for the backward pass: the compiled LSTM training
   step stores 7 [batch, hidden] arrays per time step (those six and h for the weight
-  gradient) where autodiff of the expression stored 12 (five of them twice), and at the IMDB
-  shape (80 steps, hidden 64) it ran ~20% faster. A custom JVP rather than a custom VJP, so
-  forward mode and higher derivatives still work.
+  gradient) where autodiff of the expression stored 12 (five of them twice), which makes the
+  step faster (docs/performance.md). A custom JVP rather than a custom VJP, so forward mode
+  and higher derivatives still work.
   """
   c = jax.nn.sigmoid(z_f) * c + jax.nn.sigmoid(z_i) * jnp.tanh(z_g)
   return jax.nn.sigmoid(z_o) * jnp.tanh(c), c

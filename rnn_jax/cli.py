@@ -95,9 +95,9 @@ def _xla_flag_known() -> bool:
 
 # glibc hands every allocation above 32 MiB back to the OS on free and maps it afresh on the next
 # malloc, so each training step of a long-sequence or IMDB-sized model page-faults through its
-# large XLA temp buffers again (~10k faults per step at 80 steps x batch 128): keeping freed
-# memory in the process cuts those faults 2-20x and the step's CPU time by ~20%. glibc reads
-# this only at process start, hence the re-exec below.
+# large XLA temp buffers again: keeping freed memory in the process avoids those page faults
+# (docs/performance.md has the counts). glibc reads this only at process start, hence the
+# re-exec below.
 MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 
 

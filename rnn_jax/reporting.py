@@ -321,6 +321,7 @@ _EPOCH_FIELDS = (
     ('last_batch_accuracy', 'last-batch acc'),
     ('validation_loss', 'val loss'),
     ('validation_accuracy', 'val acc'),
+    ('validation_perplexity', 'val ppl'),
     ('test_loss', 'test loss'),
     ('test_accuracy', 'test acc'),
 )
@@ -331,7 +332,7 @@ def epoch_line(epoch: int, metrics: Mapping[str, Any]) -> str:
   'epoch 3  train loss 0.1234  last-batch acc 0.9531  val acc 0.9712  (12.3 s, 4567 ex/s)'.
 
   Uses whichever of train_loss, train_accuracy, last_batch_accuracy, validation_loss,
-  validation_accuracy, test_loss, test_accuracy, epoch_time_s and examples_per_s are
+  validation_accuracy, validation_perplexity, test_loss, test_accuracy, epoch_time_s and examples_per_s are
   present (the 'epoch' record the trainer writes).
   """
   parts = [f'epoch {int(epoch)}']

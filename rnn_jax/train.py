@@ -190,11 +190,10 @@ def compiler_options() -> dict[str, Any] | None:
   """XLA options for the compiled train and eval steps: on CPU, LLVM at -O1 instead of -O2.
 
   Most of a CPU compile is LLVM optimising the fused kernels; the time of a step is in the
-  matmuls, which are library calls that -O1 does not touch. Measured on the 2-core CPU: the
-  XLA compile of the IMDB train steps took ~25% less (imdb_best 3.1-3.2 s -> 2.4 s), and
-  the step time of every benchmark shape (benchmarks/speed.py) was unchanged within noise.
-  Results agree to float rounding (some elementwise math rounds differently in the last
-  place; tests/test_speed_paths.py). Other backends keep XLA's defaults (not measured there).
+  matmuls, which are library calls that -O1 does not touch, so compiles get shorter and steps
+  do not get slower (docs/performance.md; `python -m benchmarks.speed --configs` measures
+  both). Results agree to float rounding (some elementwise math rounds differently in the
+  last place; tests/test_speed_paths.py). Other backends keep XLA's defaults.
   """
   if jax.default_backend() != "cpu":
     return None
