@@ -9,7 +9,8 @@ language-model config (one with the LM's fields) to `lm.train_lm`; both run the 
 `rnn_jax.engine`.
 
 Process setup belongs here, at the entry point, not in the library (`setup_process`, which
-the other entry points, `rnn_jax.ablate`, benchmarks/ and the tests, call too):
+the other entry points, `python -m rnn_jax.ablate` and benchmarks/, call too; a notebook may
+call it before JAX starts):
 - one XLA:CPU flag, `--xla_cpu_experimental_ynn_fusion_type=` (empty: no YNNPACK dot
   fusions): the small recurrent matmuls of an RNN step run faster without those fusions on
   x86 CPUs (benchmarks/speed.py measures it; docs/performance.md has the figures);

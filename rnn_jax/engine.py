@@ -64,7 +64,8 @@ class Job:
     host_states: state -> one host copy of the train state per row.
     steps_per_epoch, total_steps: the loop stops after total_steps (a budget may end it
       inside an epoch; that step is then treated as an epoch end).
-    examples_per_step: examples (or tokens) one step trains on, all rows together.
+    examples_per_step: examples (or tokens) one step trains on, all rows together (the
+      summary's train_examples_per_s counts them all; each row's records its own share).
     first_step: the step the state was restored at (0 for a fresh start).
     compile_time_s: the train step's compile time, for the summary.
     start_time: `time.perf_counter()` when the job began (for wall_time_s).
@@ -150,8 +151,8 @@ def fit(job: Job) -> list[dict[str, Any]]:
         if itstime(step, config.log_every_steps, last_step):
           host = jax.device_get(metrics)  # Waits for this step: the timing below is honest.
           check_finite(state, config, job.checkpoints)
-          rate = ((step - epoch * spe - start_in_epoch) * job.examples_per_step
-                  / (time.perf_counter() - epoch_start))
+          rate = ((step - epoch * spe - start_in_epoch) * job.examples_per_step / rows
+                  / (time.perf_counter() - epoch_start))  # Per row: each workdir's own rate.
           for i in range(rows):
             last[i] = {k: float(_row(v, i, rows)) for k, v in host.items()}
             last[i]["examples_per_s"] = rate
@@ -161,9 +162,9 @@ def fit(job: Job) -> list[dict[str, Any]]:
         if job.diagnose is not None and itstime(step, config.diagnostics_every_steps):
           for i, host_state in enumerate(job.host_states(state)):
             job.writers[i].write(step, job.diagnose[i](host_state.params), kind="diagnostics")
-        if itstime(step, config.checkpoint_every_steps):
-          save(step, state, carry)
-        if sigterm["set"]:
+        if itstime(step, config.checkpoint_every_steps) and step < last_step:
+          save(step, state, carry)  # (The epoch's last step is saved after its evaluation.)
+        if sigterm["set"] and step < last_step:
           save(step, state, carry, force=True)
           for ckpt in job.checkpoints:
             ckpt.wait()
@@ -174,6 +175,11 @@ def fit(job: Job) -> list[dict[str, Any]]:
         if step >= last_step:
           break
       bar.close()
+      if step < last_step:
+        raise RuntimeError(
+            f"The batches of epoch {epoch + 1} ran out at step {step}, before the epoch's "
+            f"last step {last_step} (steps_per_epoch={spe}): the job's `batches` must yield "
+            "every remaining step of the epoch.")
       jax.block_until_ready(state)
       epoch_time = time.perf_counter() - epoch_start
       steps_run = step - epoch * spe - start_in_epoch
@@ -181,7 +187,10 @@ def fit(job: Job) -> list[dict[str, Any]]:
       trained_steps += steps_run
       evaluate = (epoch + 1) % config.eval_every_epochs == 0 or step >= job.total_steps
       val = job.evaluate(state, "validation") if evaluate else [{} for _ in range(rows)]
-      save(step, state, carry, force=True)
+      # The epoch's records and best checkpoint first, its latest checkpoint last: a kill in
+      # between resumes before this step and redoes them (read_metrics keeps the last record
+      # of a step), where the other order would resume after the step and lose them.
+      check_finite(state, config, job.checkpoints)
       hosts = job.host_states(state)
       host_carry = None if carry is None else jax.device_get(carry)
       for i in range(rows):
@@ -189,7 +198,7 @@ def fit(job: Job) -> list[dict[str, Any]]:
                   **epoch_train_means(None if totals is None else _row(totals, i, rows)),
                   **{f"last_batch_{k}": last[i][k] for k in ("loss", "accuracy") if k in last[i]},
                   "epoch_time_s": epoch_time,
-                  "examples_per_s": steps_run * job.examples_per_step / epoch_time,
+                  "examples_per_s": steps_run * job.examples_per_step / rows / epoch_time,
                   **{f"validation_{k}": v for k, v in val[i].items() if k != "count"}}
         if best_metric in record:
           value = record[best_metric]
@@ -199,8 +208,13 @@ def fit(job: Job) -> list[dict[str, Any]]:
                                        {best_metric: value})
         job.writers[i].write(step, record, kind="epoch")
         epoch_records[i] = record
+      save(step, state, carry, force=True)
       if job.primary:
         print(job.label + reporting.epoch_line(epoch + 1, epoch_records[0]), flush=True)
+      if sigterm["set"]:  # Arrived at the epoch's last step: saved above, with its evaluation.
+        logging.warning("SIGTERM: saved step %d in %s; run the same command to resume.",
+                        step, ", ".join(job.workdirs))
+        raise SystemExit(143)
 
   test = job.evaluate(state, "test")
   hosts = job.host_states(state)

@@ -19,9 +19,9 @@ vocab_size - 3 most frequent words of the train reviews left after the validatio
 Trained by the one loop, `rnn_jax.engine.fit`, like every run: `python launch.py
 --config=configs/imdb_lm.py --workdir=DIR` resumes, refuses a changed config, skips or stops on
 NaN/Inf, and saves on SIGTERM. Each checkpoint holds the carries next to the train state, so a
-run resumed mid-epoch continues exactly. A `max_steps` / `max_tokens` budget ends the run: raising
-it later and resuming goes on with a learning-rate schedule built for the new total (unless the
-schedule is constant), so it is not the run a larger budget would have trained from the start.
+run resumed mid-epoch continues exactly. A `max_steps` / `max_tokens` budget ends the run; with
+a constant learning rate it may be raised later, and the resumed run continues exactly as a
+run started with the larger budget (with a decaying schedule the resume check refuses it).
 """
 
 from __future__ import annotations
@@ -238,7 +238,16 @@ def _lm_job(config, workdir, streams, cleanup) -> engine.Job:
   tx, _ = train.build_optimizer(config, total)
   zero = lambda: zero_carries(model, config.batch_size)
   fresh = engine.checkpoint_tree(train.create_train_state(model, tx, config.seed), zero())
-  restored = records.checkpoints[0].restore_latest(fresh)
+  try:
+    restored = records.checkpoints[0].restore_latest(fresh)
+  except engine.checkpoints.CheckpointError as error:
+    # A workdir written before the carries were saved with the state: its checkpoints are
+    # epoch and budget ends, from which that version went on with zero carries.
+    try:
+      old = records.checkpoints[0].restore_latest(fresh["state"])
+    except engine.checkpoints.CheckpointError:
+      raise error from None
+    restored = engine.checkpoint_tree(old[0], zero()), old[1]
   tree = fresh if restored is None else restored[0]
   first_step = int(tree["state"].step)
   if restored is not None:

@@ -389,23 +389,24 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 def check_fits_in_memory(model: models.SequenceModel, config: ml_collections.ConfigDict,
-                         task: data.Task) -> None:
+                         task: data.Task, *, rows: int = 1) -> None:
   """Refuses, before anything is allocated, a model whose memory certainly exceeds a device's.
 
   The estimate is a lower bound: parameters x 4 (params, gradients, Adam's two moments),
-  plus what the backward pass keeps per step (with remat: the carries only). A model above
-  it cannot run; one below may still not fit, and then XLA says so.
+  plus what the backward pass keeps per step (with remat: the carries only), times `rows`
+  (seeds trained together on one device). A model above it cannot run; one below may still
+  not fit, and then XLA says so.
   """
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
   cell = model.recurrent_cell
   per_step = cell.carry_size if config.remat else cell.carry_size + cell.num_gates
   directions = 2 if model.bidirectional else 1
-  devices = 1 if config.parallel == "jit" else jax.device_count()
-  rows = config.batch_size // devices
-  activation_bytes = (rows * task.seq_len * model.num_layers * directions * model.hidden_size
-                      * per_step * 4)
-  needed = 4 * param_bytes + activation_bytes
+  devices = 1 if config.parallel == "jit" or rows > 1 else jax.device_count()
+  examples = config.batch_size // devices
+  activation_bytes = (examples * task.seq_len * model.num_layers * directions
+                      * model.hidden_size * per_step * 4)
+  needed = rows * (4 * param_bytes + activation_bytes)
   device = jax.local_devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   available = (stats or {}).get("bytes_limit")
@@ -416,7 +417,8 @@ def check_fits_in_memory(model: models.SequenceModel, config: ml_collections.Con
     raise ValueError(
         f"This model needs at least {gib(needed)} per device ({models.num_params(shapes):,} "
         f"parameters: {gib(4 * param_bytes)} with gradients and Adam's moments; activations "
-        f"{gib(activation_bytes)} for {rows} examples x {task.seq_len} steps), but "
+        f"{gib(activation_bytes)} for {examples} examples x {task.seq_len} steps"
+        f"{f'; x {rows} seeds' if rows > 1 else ''}), but "
         f"{device.platform} device {device.id} has {gib(available)}. Nothing was run. Fix: "
         "lower --config.hidden_size, --config.batch_size or --config.num_layers, or set "
         "--config.remat=True.")
@@ -497,7 +499,11 @@ def _classifier_job(configs, workdirs, cleanup) -> engine.Job | None:
     raise ValueError("Runs trained together must have configs that differ only in `seed`.")
   config, rows = configs[0], len(configs)
   maybe_initialize_distributed(config)
-  config_lib.validate_devices(config, jax.device_count())
+  if rows > 1 and jax.process_count() > 1:
+    raise ValueError("Seeds trained together (vmap_seeds) run in one process on one device; "
+                     f"this is process {jax.process_index()} of {jax.process_count()}. Fix: "
+                     "set vmap_seeds=False in the sweep, or run it in a single process.")
+  config_lib.validate_devices(config, 1 if rows > 1 else jax.device_count())
   primary = jax.process_index() == 0
   engine.claim_workdirs(configs, workdirs, cleanup)
 
@@ -506,7 +512,7 @@ def _classifier_job(configs, workdirs, cleanup) -> engine.Job | None:
     raise ValueError("The seeds' tasks have different epoch lengths; use vmap_seeds=False.")
   task = tasks[0]
   model = build_model(config, task)
-  check_fits_in_memory(model, config, task)
+  check_fits_in_memory(model, config, task, rows=rows)
   records = engine.open_records(configs, workdirs,
                                 [engine.data_files(t.metadata) for t in tasks], cleanup,
                                 best_metric="validation_accuracy", best_mode="max",

@@ -211,3 +211,62 @@ def test_imports_point_down_only():
     assert imports <= ALLOWED[module], (module, imports - ALLOWED[module])
     seen.add(module)
   assert seen == set(ALLOWED) - {"__pycache__"}
+
+
+def test_an_lm_workdir_of_the_layout_without_carries_resumes(tmp_path):
+  """Checkpoints written before the carries were saved next to the state (a budget end) still
+  resume, with zero carries, instead of failing on the new layout."""
+  streams, config = _streams(), _lm_config(max_steps=10)
+  workdir = str(tmp_path / "old")
+  model = lm.build_model(config)
+  tx, _ = train.build_optimizer(config, 10)
+  state = train.create_train_state(model, tx, config.seed).replace(step=np.int32(10))
+  os.makedirs(workdir)
+  engine.save_config(workdir, config)
+  with engine.checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                      record=engine.run_record(config)) as ckpt:
+    ckpt.save(10, jax.device_get(state), force=True)
+  summary = lm.train_lm(_lm_config(max_steps=20), workdir, streams=streams)
+  assert summary["resumed_from_step"] == 10 and summary["steps"] == 20
+
+
+def test_batches_that_run_out_before_the_epoch_ends_are_an_error(tmp_path, monkeypatch):
+  original = data.Task.train_batches
+  monkeypatch.setattr(data.Task, "train_batches",
+                      lambda self, epoch, start=0: iter(list(original(self, epoch, start))[:-1]))
+  config = base.get_config(runlocal=True)
+  config.update(dataset="adding")
+  with pytest.raises(RuntimeError, match="ran out at step 3, before the epoch's last step 4"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_kill_right_after_an_epochs_last_checkpoint_keeps_that_epochs_record(
+    tmp_path, monkeypatch):
+  """The epoch's last step is checkpointed only after its evaluation, records and best
+  checkpoint: a run killed just after that save resumes in the next epoch with nothing of
+  the finished one missing (checkpoint_every_steps = the epoch's 4 steps makes the periodic
+  save fall on that step too)."""
+  config = base.get_config(runlocal=True)
+  config.update(dataset="adding", checkpoint_every_steps=4)
+  workdir = str(tmp_path / "run")
+  save = engine.checkpoints.Checkpoints.save
+
+  def save_then_die(self, step, state, **kwargs):
+    written = save(self, step, state, **kwargs)
+    if step == 4:
+      raise SystemExit(137)  # As a SIGKILL right after the write.
+    return written
+
+  monkeypatch.setattr(engine.checkpoints.Checkpoints, "save", save_then_die)
+  with pytest.raises(SystemExit):
+    train.train_and_evaluate(config, workdir)
+  monkeypatch.setattr(engine.checkpoints.Checkpoints, "save", save)
+  summary = train.train_and_evaluate(config, workdir)
+  assert summary["resumed_from_step"] == 4
+  epochs = reporting.read_metrics(workdir, "epoch")
+  assert [r["epoch"] for r in epochs] == [1, 2]
+  assert all(r.get("validation_accuracy") is not None for r in epochs)
+  with engine.checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                      read_only=True) as ckpt:
+    assert 4 in ckpt.best_steps() or 8 in ckpt.best_steps()
+    assert summary["best_validation_accuracy"] == max(r["validation_accuracy"] for r in epochs)
