@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from rnn_jax import checkpoints, config as config_lib, reporting, workdir as workdir_lib
 
@@ -164,7 +165,7 @@ def fit(job: Job) -> list[dict[str, Any]]:
             job.writers[i].write(step, job.diagnose[i](host_state.params), kind="diagnostics")
         if itstime(step, config.checkpoint_every_steps) and step < last_step:
           save(step, state, carry)  # (The epoch's last step is saved after its evaluation.)
-        if sigterm["set"] and step < last_step:
+        if step < last_step and _stop_requested(sigterm, step, config.log_every_steps):
           save(step, state, carry, force=True)
           for ckpt in job.checkpoints:
             ckpt.wait()
@@ -211,7 +212,7 @@ def fit(job: Job) -> list[dict[str, Any]]:
       save(step, state, carry, force=True)
       if job.primary:
         print(job.label + reporting.epoch_line(epoch + 1, epoch_records[0]), flush=True)
-      if sigterm["set"]:  # Arrived at the epoch's last step: saved above, with its evaluation.
+      if _stop_requested(sigterm, step, 1):  # At the epoch's last step: saved above.
         logging.warning("SIGTERM: saved step %d in %s; run the same command to resume.",
                         step, ", ".join(job.workdirs))
         raise SystemExit(143)
@@ -244,6 +245,24 @@ def fit(job: Job) -> list[dict[str, Any]]:
       print(f"{job.label}{shown}  ({wall:.0f} s)", flush=True)
     summaries.append(summary)
   return summaries
+
+
+def _processes() -> int:
+  return jax.process_count()
+
+
+def _stop_requested(sigterm: dict[str, bool], step: int, every: int) -> bool:
+  """Whether to save and exit for a SIGTERM.
+
+  With several processes all must stop at the same step (one stopping alone would wait at
+  the checkpoint's barrier for the others, which go on stepping): every `every` steps, the
+  same steps on every process, they agree on whether any of them got a SIGTERM.
+  """
+  if _processes() == 1:
+    return sigterm["set"]
+  if not itstime(step, every):
+    return False
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(sigterm["set"]))))
 
 
 def _row(tree: Any, i: int, rows: int) -> Any:

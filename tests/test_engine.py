@@ -270,3 +270,25 @@ def test_a_kill_right_after_an_epochs_last_checkpoint_keeps_that_epochs_record(
                                       read_only=True) as ckpt:
     assert 4 in ckpt.best_steps() or 8 in ckpt.best_steps()
     assert summary["best_validation_accuracy"] == max(r["validation_accuracy"] for r in epochs)
+
+
+def test_a_sigterm_on_another_process_stops_this_one_at_the_same_step(tmp_path, monkeypatch):
+  """Several processes agree on a SIGTERM at the logging steps, so all of them save the same
+  step and exit together (here the other process is simulated: it got the signal)."""
+  config = base.get_config(runlocal=True)
+  config.update(dataset="adding", log_every_steps=3, checkpoint_every_steps=100)
+  gathered = []
+
+  def allgather(flag):
+    gathered.append(bool(flag))
+    return np.array([flag, True])  # This process, and a peer that got a SIGTERM.
+
+  monkeypatch.setattr(engine, "_processes", lambda: 2)
+  monkeypatch.setattr(engine.multihost_utils, "process_allgather", allgather)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(SystemExit) as stopped:
+    train.train_and_evaluate(config, workdir)
+  assert stopped.value.code == 143 and gathered == [False]  # Asked at step 3 only.
+  assert engine.checkpoints.latest_record(os.path.join(workdir, "checkpoints"))[0] == 3
+  monkeypatch.setattr(engine, "_processes", lambda: 1)
+  assert train.train_and_evaluate(config, workdir)["resumed_from_step"] == 3
