@@ -223,6 +223,38 @@ def chrono_bias(key: jax.Array, hidden_size: int, max_horizon: int) -> jax.Array
 
 # ----------------------------------------------------------------------------- cells
 
+# ----------------------------------------------------------------------------- precision
+
+LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+
+
+def matmul(a: jax.Array, w: jax.Array) -> jax.Array:
+  """`a @ w` for every matmul of a cell: in the weights' dtype, accumulated and returned in
+  float32 when the weights are low-precision (bfloat16 or float16).
+
+  Mixed precision is just that: `recurrent.scan(..., compute_dtype=jnp.bfloat16)` casts the
+  weight matrices (`cast_weights`), and each matmul then runs on the fast low-precision
+  units with a float32 result, while biases, gates, the carry and every
+  elementwise state update stay float32. Float32 (or float64) weights give exactly `a @ w`.
+  """
+  if w.dtype not in LOW_PRECISION:
+    return a @ w
+  return jnp.matmul(a.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+
+def cast_weights(params: Params, dtype: Any) -> Params:
+  """`params` with every weight matrix (a 2-D leaf whose name starts with "w_", also inside
+  the per-gate tuples of `split_gates`) cast to `dtype`; biases and peepholes unchanged.
+  None: `params` as they are."""
+  if dtype is None:
+    return params
+  def cast(path, leaf):
+    name = next((getattr(k, "key", None) for k in path if isinstance(getattr(k, "key", None),
+                                                                     str)), "")
+    return leaf.astype(dtype) if name.startswith("w_") and jnp.ndim(leaf) == 2 else leaf
+  return jax.tree_util.tree_map_with_path(cast, params)
+
+
 def split_gates(params: Params, num_gates: int) -> Params:
   """`params` with `w_x`, `w_h` and `b` as tuples of their G per-gate column blocks."""
   if isinstance(params["w_x"], tuple):  # Already split.
@@ -245,7 +277,7 @@ def gate_projections(x: jax.Array, h: jax.Array, params: Params,
   splits once per sequence (`Cell.prepare`).
   """
   params = split_gates(params, num_gates)
-  return [x @ w_x + h @ w_h + b
+  return [matmul(x, w_x) + matmul(h, w_h) + b
           for w_x, w_h, b in zip(params["w_x"], params["w_h"], params["b"])]
 
 
@@ -273,7 +305,7 @@ def rnn(activation: str = "tanh", recurrent_init: str = "orthogonal",
 
   def step(params, h, x, h_mask=None):
     h_in = h if h_mask is None else h * h_mask
-    h = act(x @ params["w_x"] + h_in @ params["w_h"] + params["b"])
+    h = act(matmul(x, params["w_x"]) + matmul(h_in, params["w_h"]) + params["b"])
     return h, h
 
   return Cell("rnn", 1, 1, init, step,
@@ -422,17 +454,17 @@ def gru(reset_after: bool = True, recurrent_init: str = "orthogonal",
   def step(params, h, x, h_mask=None):
     hidden = h.shape[-1]
     h_in = h if h_mask is None else h * h_mask  # Matmul inputs only; z * h keeps h itself.
-    xr, xz, xn = jnp.split(x @ params["w_x"] + params["b"], 3, axis=-1)
+    xr, xz, xn = jnp.split(matmul(x, params["w_x"]) + params["b"], 3, axis=-1)
     if reset_after:
-      hr, hz, hn = jnp.split(h_in @ params["w_h"], 3, axis=-1)
+      hr, hz, hn = jnp.split(matmul(h_in, params["w_h"]), 3, axis=-1)
       r = jax.nn.sigmoid(xr + hr)
       z = jax.nn.sigmoid(xz + hz)
       n = jnp.tanh(xn + r * (hn + params["b_hn"]))
     else:
-      hr, hz = jnp.split(h_in @ params["w_h"][:, :2 * hidden], 2, axis=-1)
+      hr, hz = jnp.split(matmul(h_in, params["w_h"][:, :2 * hidden]), 2, axis=-1)
       r = jax.nn.sigmoid(xr + hr)
       z = jax.nn.sigmoid(xz + hz)
-      n = jnp.tanh(xn + (r * h_in) @ params["w_h"][:, 2 * hidden:])
+      n = jnp.tanh(xn + matmul(r * h_in, params["w_h"][:, 2 * hidden:]))
     h = (1.0 - z) * n + z * h
     return h, h
 
@@ -455,9 +487,9 @@ def mgu(recurrent_init: str = "orthogonal") -> Cell:
   def step(params, h, x, h_mask=None):
     hidden = h.shape[-1]
     h_in = h if h_mask is None else h * h_mask  # Matmul inputs only; (1 - f) * h keeps h.
-    xf, xn = jnp.split(x @ params["w_x"] + params["b"], 2, axis=-1)
-    f = jax.nn.sigmoid(xf + h_in @ params["w_h"][:, :hidden])
-    n = jnp.tanh(xn + (f * h_in) @ params["w_h"][:, hidden:])
+    xf, xn = jnp.split(matmul(x, params["w_x"]) + params["b"], 2, axis=-1)
+    f = jax.nn.sigmoid(xf + matmul(h_in, params["w_h"][:, :hidden]))
+    n = jnp.tanh(xn + matmul(f * h_in, params["w_h"][:, hidden:]))
     h = (1.0 - f) * h + f * n
     return h, h
 
@@ -496,8 +528,8 @@ def rnn_miswired_pair() -> Cell:
     w_h0, w_h1 = params["w_h"][:, :hidden], params["w_h"][:, hidden:]
     b0, b1 = params["b"][:hidden], params["b"][hidden:]
     s_in = s if h_mask is None else s * h_mask
-    s = jnp.tanh(x @ w_x0 + s_in @ w_h0 + b0)
-    y = jnp.tanh(x @ w_x1 + (s if h_mask is None else s * h_mask) @ w_h1 + b1)
+    s = jnp.tanh(matmul(x, w_x0) + matmul(s_in, w_h0) + b0)
+    y = jnp.tanh(matmul(x, w_x1) + matmul(s if h_mask is None else s * h_mask, w_h1) + b1)
     return (y, s), y
 
   return Cell("rnn_miswired_pair", 2, 2, init, step)

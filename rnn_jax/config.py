@@ -55,6 +55,8 @@ def _run_fields(c: ml_collections.ConfigDict) -> None:
   c.dropout_mode = "outputs"     # 'outputs': inputs, every layer's output and the read-out;
                                  # 'cell_inputs': Keras' cell dropout= (what enters each layer).
   c.truncation = placeholder(int)  # Truncated BPTT window k in steps; None = full BPTT.
+  c.compute_dtype = "float32"    # Matmuls in 'float32', or 'bfloat16' / 'float16' (mixed
+                                 # precision: float32 params, state, accumulation and loss).
   # --- optimisation (rnn_jax/train.py) ---
   c.seed = 0                     # Seeds params, dropout and data order.
   c.batch_size = 128             # Global batch size (split over devices and processes).

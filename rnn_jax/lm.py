@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from rnn_jax import cells, config as config_lib, engine, models, train
+from rnn_jax import cells, config as config_lib, engine, models, recurrent, train
 from rnn_jax.data import common, imdb
 
 LM_FIELDS = ("window", "eval_window", "max_steps", "max_tokens", "eval_tokens")
@@ -104,7 +104,7 @@ def build_model(config) -> models.SequenceModel:
       num_outputs=config.vocab_size, readout="all", dropout_rate=config.dropout_rate,
       recurrent_dropout_rate=config.recurrent_dropout_rate,
       variational_dropout=config.variational_dropout, dropout_mode=config.dropout_mode,
-      unroll=config.unroll, remat=config.remat)
+      unroll=config.unroll, remat=config.remat, compute_dtype=config.compute_dtype)
 
 
 def zero_carries(model: models.SequenceModel, batch: int) -> list[Any]:
@@ -114,7 +114,7 @@ def zero_carries(model: models.SequenceModel, batch: int) -> list[Any]:
 
 def _loss(model, params, carries, x, y, key):
   finals, ys = model.features(params, x, key=key, initial_carries=carries)
-  logits = ys @ params["head"]["w"] + params["head"]["b"]
+  logits = model.head(params, ys)
   loss, sums = models.batch_loss(model, logits, {"labels": y})
   return loss, (jax.lax.stop_gradient(finals), sums)
 
@@ -190,6 +190,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   shared.update({k: v for k, v in config.items() if k not in LM_FIELDS})
   config_lib.validate(shared)
   cells.get(config.cell, **dict(config.cell_options))
+  recurrent.check_compute_dtype(config.compute_dtype)
   for field in LM_FIELDS:
     value, minimum = config.get(field, 0), 1 if field.endswith("window") else 0
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

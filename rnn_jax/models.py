@@ -46,6 +46,10 @@ class SequenceModel:
       recurrent cell: only what enters each layer, the embedded inputs and the outputs of the
       layers below, one mask per sequence; the top layer's output and the read-out are kept).
     truncation, unroll, remat: see `rnn_jax.recurrent.scan`.
+    compute_dtype: "float32", or "bfloat16" / "float16" for mixed precision: every matmul of
+      the recurrent stack and the head in that dtype with float32 accumulation; params, the
+      embedding, the carries, every elementwise update and the loss stay float32 (see
+      `rnn_jax.recurrent.scan`).
   """
   cell: str = "lstm"
   cell_options: tuple[tuple[str, Any], ...] = ()
@@ -64,6 +68,7 @@ class SequenceModel:
   truncation: int | None = None
   unroll: int = 1
   remat: bool = False
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     if self.input_kind not in INPUT_KINDS:
@@ -72,6 +77,7 @@ class SequenceModel:
       raise ValueError(f"readout {self.readout!r} is not one of {READOUTS}.")
     if self.dropout_mode not in DROPOUT_MODES:
       raise ValueError(f"dropout_mode {self.dropout_mode!r} is not one of {DROPOUT_MODES}.")
+    recurrent.check_compute_dtype(self.compute_dtype)
     if self.input_kind == "tokens" and self.embed_size < 1:
       raise ValueError("A token model needs embed_size >= 1.")
     for name in ("input_size", "hidden_size", "num_layers", "num_outputs"):
@@ -124,7 +130,8 @@ class SequenceModel:
         initial_carries=initial_carries, key=k_rnn, dropout_rate=self.dropout_rate,
         recurrent_dropout_rate=self.recurrent_dropout_rate,
         variational=variational, truncation=self.truncation, unroll=self.unroll,
-        remat=self.remat, probes=probes, top_output_dropout=not cell_inputs)
+        remat=self.remat, probes=probes, top_output_dropout=not cell_inputs,
+        compute_dtype=self.compute_dtype)
 
   def apply(self, params: dict[str, Any], inputs: jax.Array,
             lengths: jax.Array | None = None, *, key: jax.Array | None = None,
@@ -161,7 +168,13 @@ class SequenceModel:
         pooled = (ys * steps).sum(axis=1) / jnp.maximum(lengths, 1)[:, None].astype(ys.dtype)
     else:
       pooled = ys
-    return pooled @ params["head"]["w"] + params["head"]["b"]
+    return self.head(params, pooled)
+
+  def head(self, params: dict[str, Any], features: jax.Array) -> jax.Array:
+    """The dense read-out: features [..., output_features] -> logits [..., num_outputs]."""
+    w = cells.cast_weights({"w_head": params["head"]["w"]},
+                           recurrent.check_compute_dtype(self.compute_dtype))["w_head"]
+    return cells.matmul(features, w) + params["head"]["b"]
 
 
 def per_example_loss(model: SequenceModel, logits: jax.Array,

@@ -59,7 +59,7 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
          lengths: jax.Array | None = None, reverse: bool = False,
          truncation: int | None = None, unroll: int = 1, remat: bool = False,
          recurrent_mask: jax.Array | None = None,
-         probes: Carry | None = None) -> tuple[Carry, jax.Array]:
+         probes: Carry | None = None, compute_dtype: Any = None) -> tuple[Carry, jax.Array]:
   """Runs `cell` over `xs`. Returns (final_carry, ys).
 
   Args:
@@ -86,11 +86,17 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
       with respect to them to get dL/d carry_t for every t in one backward pass (see
       `rnn_jax.diagnostics`). Time-major, in processing order. Only a sequence's real steps
       are probed: past its length a probe is ignored (its gradient is 0).
+    compute_dtype: None or float32 (everything float32), or bfloat16 / float16: mixed
+      precision. The weight matrices are cast to it and every matmul runs in it with float32
+      accumulation and result (`cells.matmul`); biases, gates, the carry and every elementwise
+      update stay float32, so the state does not drift; the gradient reaches the float32
+      params and is summed over time steps in float32.
 
   Returns:
     final_carry, and ys [batch, time, hidden].
   """
   _check_scan_arguments(xs, lengths, truncation, unroll)
+  compute_dtype = check_compute_dtype(compute_dtype)
   batch, time = xs.shape[:2]
   if lengths is not None:
     lengths = jnp.asarray(lengths, jnp.int32)
@@ -110,13 +116,17 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
 
   def body(carry, inputs):
     x_t, t, cut_t, probe_t = inputs
+    # Inside the step, not once before the loop: the weights enter the loop as float32, so the
+    # gradient summed over time steps accumulates in float32 (a bfloat16 loop invariant would
+    # accumulate it in bfloat16). XLA hoists the forward cast out of the loop.
+    step_params = cells_lib.cast_weights(params, compute_dtype)
     if cut_t is not None:
       cut = cut_t if cut_t.ndim == 0 else cut_t[:, None]
       carry = jax.tree.map(lambda c: jnp.where(cut, jax.lax.stop_gradient(c), c), carry)
     if recurrent_mask is None:
-      new_carry, y = cell.step(params, carry, x_t)
+      new_carry, y = cell.step(step_params, carry, x_t)
     else:  # The cell masks h where it enters its matmuls, not the carried state.
-      new_carry, y = cell.step(params, carry, x_t, h_mask=recurrent_mask)
+      new_carry, y = cell.step(step_params, carry, x_t, h_mask=recurrent_mask)
     if probe_t is not None:  # Before the padding mask: a padded step's probe has no effect.
       new_carry = jax.tree.map(jnp.add, new_carry, probe_t)
       # The step's output is h as well: perturb it alike, so the probe's gradient also holds
@@ -136,6 +146,23 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
   if reverse:
     ys = reverse_padded(ys, lengths)
   return carry, ys
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_compute_dtype(compute_dtype: Any) -> Any:
+  """None for float32 (or None), else the low-precision dtype; ValueError for anything else."""
+  if compute_dtype is None:
+    return None
+  try:
+    name = jnp.dtype(compute_dtype).name
+  except TypeError:
+    name = None
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)} or None, got "
+                     f"{compute_dtype!r}.")
+  return None if name == "float32" else jnp.dtype(name)
 
 
 def _check_scan_arguments(xs, lengths, truncation, unroll) -> None:
@@ -238,7 +265,8 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
                recurrent_dropout_rate: float = 0.0, variational: bool = False,
                truncation: int | None = None, unroll: int = 1, remat: bool = False,
                probes: Sequence[Any] | None = None,
-               top_output_dropout: bool = True) -> tuple[list[Any], jax.Array]:
+               top_output_dropout: bool = True,
+               compute_dtype: Any = None) -> tuple[list[Any], jax.Array]:
   """Runs a stack of (optionally bidirectional) layers, TF's `MultiRNNCell` generalised.
 
   Args:
@@ -257,7 +285,7 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
     variational: share the output dropout mask over time too.
     top_output_dropout: False leaves the top layer's output undropped, so that dropout acts
       only where a layer's output enters the next layer (Keras' per-cell input dropout).
-    truncation, unroll, remat: see `scan`.
+    truncation, unroll, remat, compute_dtype: see `scan`.
     probes: per layer, a probe carry (or {"fwd":..., "bwd":...}) for `scan(probes=...)`.
 
   Returns:
@@ -283,6 +311,7 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
       carry, ys = scan(cell, params, xs, _pick(init, direction, len(directions)),
                        lengths=lengths, reverse=direction == "bwd", truncation=truncation,
                        unroll=unroll, remat=remat, recurrent_mask=mask,
+                       compute_dtype=compute_dtype,
                        probes=_pick(probe, direction, len(directions)))
       outputs.append(ys)
       layer_final[direction] = carry

@@ -69,7 +69,7 @@ def build_model(config: ml_collections.ConfigDict, task: data.Task) -> models.Se
       dropout_rate=config.dropout_rate, recurrent_dropout_rate=config.recurrent_dropout_rate,
       variational_dropout=config.variational_dropout, dropout_mode=config.dropout_mode,
       truncation=config.truncation,
-      unroll=config.unroll, remat=config.remat)
+      unroll=config.unroll, remat=config.remat, compute_dtype=config.compute_dtype)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int
@@ -454,9 +454,11 @@ def diagnostics_batch(task: data.Task, max_examples: int = 256) -> Batch:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Everything about a classifier config that can be checked before anything is loaded:
   the schema (`config.validate`), then the owners of the rest: the cell registry (the cell
-  and its options, `cells.get`) and the dataset registry (`data.validate`). ValueError."""
+  and its options, `cells.get`), the scan (`compute_dtype`) and the dataset registry
+  (`data.validate`). ValueError."""
   config_lib.validate(config)
   cells.get(config.cell, **dict(config.cell_options))
+  recurrent.check_compute_dtype(config.compute_dtype)
   data.validate(config)
 
 

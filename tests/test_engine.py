@@ -170,7 +170,7 @@ ALLOWED = {
     "diagnostics": {"cells", "models", "recurrent"},
     "engine": {"checkpoints", "config", "reporting", "workdir"},
     "train": {"cells", "config", "data", "diagnostics", "engine", "models", "recurrent"},
-    "lm": {"cells", "config", "data", "engine", "models", "train"},
+    "lm": {"cells", "config", "data", "engine", "models", "recurrent", "train"},
     "ablate": {"checkpoints", "config", "data", "diagnostics", "engine", "lm", "reporting",
                "train", "workdir"},
     "cli": {"lm", "train"},

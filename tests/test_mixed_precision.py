@@ -1,0 +1,184 @@
+"""Mixed precision (`compute_dtype`): bfloat16 matmuls with float32 accumulation, everything
+else float32. Each cell against its float32 run, with the scan's options; the carry does not
+drift; a training step matches the float32 one; the LSTM's written-out derivative holds."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import base
+from rnn_jax import cells, models, recurrent, train
+
+CELLS = ["rnn", "irnn", "lstm", "gru", "mgu", "rnn_miswired_pair"]
+TOLERANCE = 3e-2  # bfloat16 keeps 8 bits: ~0.4% per rounding, a few roundings per step.
+
+
+def _data(time=100, batch=8, features=16, scale=1.0):
+  xs = scale * jax.random.normal(jax.random.PRNGKey(1), (batch, time, features))
+  return xs
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_each_cell_in_bfloat16_stays_within_bfloat16_tolerance_over_100_steps(name):
+  cell = cells.get(name)
+  params = cell.init(jax.random.PRNGKey(0), 16, 32)
+  xs = _data()
+  final32, ys32 = recurrent.scan(cell, params, xs)
+  final16, ys16 = recurrent.scan(cell, params, xs, compute_dtype=jnp.bfloat16)
+  assert ys16.dtype == jnp.float32
+  assert all(c.dtype == jnp.float32 for c in jax.tree.leaves(final16))
+  np.testing.assert_allclose(ys16, ys32, atol=TOLERANCE)
+  for a, b in zip(jax.tree.leaves(final16), jax.tree.leaves(final32)):
+    np.testing.assert_allclose(a, b, atol=TOLERANCE)
+  assert float(jnp.max(jnp.abs(ys16 - ys32))) > 0  # The matmuls did run in bfloat16.
+
+
+def _bfloat16_carry(cell):
+  """The same cell with its carry rounded to bfloat16 after every step: the drift that
+  mixed precision must not have."""
+  def step(params, carry, x, h_mask=None):
+    carry, y = cell.step(params, carry, x, h_mask)
+    return jax.tree.map(lambda c: c.astype(jnp.bfloat16).astype(jnp.float32), carry), y
+  return dataclasses.replace(cell, step=step)
+
+
+def test_the_lstm_cell_state_integrates_in_float32():
+  """Zero weights and a forget gate near 1: c grows by sigmoid(b_i) tanh(b_g) ~ 0.0025 per
+  step, exactly, from the biases alone. In bfloat16 those increments fall below the spacing of
+  c within a few dozen steps; the mixed-precision state keeps every one of them."""
+  cell = cells.get("lstm")
+  params = cell.init(jax.random.PRNGKey(0), 4, 8)
+  params = {"w_x": jnp.zeros_like(params["w_x"]), "w_h": jnp.zeros_like(params["w_h"]),
+            "b": jnp.concatenate([jnp.full(8, -6.0), jnp.full(8, 8.0), jnp.full(8, 1.0),
+                                  jnp.full(8, 0.0)])}
+  xs = jnp.ones((2, 100, 4))
+  (_, c32), _ = recurrent.scan(cell, params, xs)
+  (_, c16), _ = recurrent.scan(cell, params, xs, compute_dtype=jnp.bfloat16)
+  (_, drifted), _ = recurrent.scan(_bfloat16_carry(cell), params, xs,
+                                   compute_dtype=jnp.bfloat16)
+  np.testing.assert_allclose(c16, c32, rtol=1e-6)
+  i, g, f = 1 / (1 + np.exp(6.0)), np.tanh(1.0), 1 / (1 + np.exp(-8.0))
+  expected = i * g * (1 - f ** 100) / (1 - f)  # c_t = f c_{t-1} + i g, from c_0 = 0.
+  np.testing.assert_allclose(c32, expected, rtol=1e-5)
+  assert float(jnp.max(jnp.abs(drifted - c32) / c32)) > 0.01  # What the test guards against.
+
+
+@pytest.mark.parametrize("name", ["gru", "mgu"])
+def test_a_slowly_updated_state_does_not_drift(name):
+  """A gate that keeps 99% of the state each step: the final state of the mixed-precision run
+  stays within 0.5% of float32's, where a bfloat16 carry loses more than that."""
+  cell = cells.get(name)
+  params = cell.init(jax.random.PRNGKey(0), 16, 32)
+  keep = slice(32, 64) if name == "gru" else slice(0, 32)  # GRU's z, MGU's f (-> 1 - f).
+  params["b"] = params["b"].at[keep].set(5.0 if name == "gru" else -5.0)
+  xs = _data(scale=0.1)
+  h32, _ = recurrent.scan(cell, params, xs)
+  h16, _ = recurrent.scan(cell, params, xs, compute_dtype=jnp.bfloat16)
+  drifted, _ = recurrent.scan(_bfloat16_carry(cell), params, xs, compute_dtype=jnp.bfloat16)
+  scale = float(jnp.max(jnp.abs(h32)))
+  assert float(jnp.max(jnp.abs(h16 - h32))) < 0.005 * scale
+  assert float(jnp.max(jnp.abs(drifted - h32))) > 0.005 * scale
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("truncation,remat", [(None, False), (7, False), (None, True), (7, True)])
+def test_bfloat16_with_lengths_reverse_truncation_and_remat(name, reverse, truncation, remat):
+  """Values and gradients of every option combination within tolerance of float32's; the
+  padding stays exactly zero and the truncated gradient is zero where float32's is."""
+  cell = cells.get(name)
+  params = cell.init(jax.random.PRNGKey(0), 16, 32)
+  xs = _data(time=30)
+  lengths = jnp.array([30, 25, 17, 9, 30, 1, 12, 30])
+  options = dict(lengths=lengths, reverse=reverse, truncation=truncation, remat=remat)
+
+  def loss(p, dtype, xs):
+    final, ys = recurrent.scan(cell, p, xs, compute_dtype=dtype, **options)
+    return jnp.sum(cells.hidden_of(final) ** 2) + jnp.sum(ys[:, ::3] ** 2), ys
+
+  (l32, ys32), g32 = jax.value_and_grad(loss, has_aux=True)(params, None, xs)
+  (l16, ys16), g16 = jax.value_and_grad(loss, has_aux=True)(params, jnp.bfloat16, xs)
+  padded = jnp.arange(30)[None, :] >= lengths[:, None]
+  assert float(jnp.max(jnp.abs(jnp.where(padded[..., None], ys16, 0.0)))) == 0.0
+  np.testing.assert_allclose(ys16, ys32, atol=TOLERANCE)
+  np.testing.assert_allclose(l16, l32, rtol=2e-2)
+  for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
+    assert np.all(np.isfinite(a))
+    np.testing.assert_allclose(a, b, atol=5e-2 * float(jnp.max(jnp.abs(b))) + 1e-6)
+  # Truncation cuts the same paths: d loss / d x_0 of a sequence longer than the window.
+  gx32 = jax.grad(lambda x: loss(params, None, x)[0])(xs)
+  gx16 = jax.grad(lambda x: loss(params, jnp.bfloat16, x)[0])(xs)
+  cut32, cut16 = (np.all(np.asarray(g) == 0, axis=-1) for g in (gx32, gx16))  # [batch, time]
+  np.testing.assert_array_equal(cut16, cut32)
+
+
+def test_the_lstm_derivative_in_bfloat16_matches_autodiff_of_the_plain_expression():
+  """The written-out derivative of `cells.lstm_pointwise` against autodiff of the textbook
+  LSTM, both with bfloat16 matmuls: the same to float32 rounding."""
+  cell = cells.get("lstm")
+
+  def plain_step(params, carry, x, h_mask=None):
+    h, c = carry
+    z = cells.matmul(x, params["w_x"]) + cells.matmul(h, params["w_h"]) + params["b"]
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), h
+
+  plain = dataclasses.replace(cell, step=plain_step, prepare=None)
+  params = cell.init(jax.random.PRNGKey(0), 16, 32)
+  xs = _data(time=40)
+
+  def loss(c, p):
+    final, ys = recurrent.scan(c, p, xs, compute_dtype=jnp.bfloat16)
+    return jnp.sum(ys ** 2) + jnp.sum(final[1] ** 2)
+
+  ours, reference = jax.grad(lambda p: loss(cell, p))(params), jax.grad(
+      lambda p: loss(plain, p))(params)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("kind", ["features", "tokens"])
+def test_a_bfloat16_training_step_matches_the_float32_step(kind):
+  """The real train step (dropout, lengths, a bidirectional 2-layer stack), with SGD at rate 1
+  so that each update is minus the gradient: the bfloat16 update points where float32's does
+  (cosine > 0.999, norms within 2%), the loss agrees, and params stay float32."""
+  common = dict(cell="lstm", input_kind=kind, input_size=50 if kind == "tokens" else 12,
+                embed_size=8, hidden_size=32, num_layers=2, bidirectional=True,
+                num_outputs=5, dropout_rate=0.2)
+  rng = np.random.default_rng(0)
+  batch = {"labels": rng.integers(0, 5, 16).astype(np.int32),
+           "lengths": rng.integers(1, 21, 16).astype(np.int32)}
+  batch["inputs"] = (rng.integers(1, 50, (16, 20)).astype(np.int32) if kind == "tokens"
+                     else rng.normal(size=(16, 20, 12)).astype(np.float32))
+  tx = optax.sgd(1.0)
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    model = models.SequenceModel(compute_dtype=dtype, **common)
+    state = train.create_train_state(model, tx, seed=0)
+    new, metrics = jax.jit(lambda s, b, model=model: train.train_step(s, b, model=model, tx=tx))(
+        state, batch)
+    update = jax.tree.map(jnp.subtract, new.params, state.params)
+    results[dtype] = (new, metrics, np.concatenate([np.ravel(u) for u in jax.tree.leaves(update)]))
+  (s32, m32, u32), (s16, m16, u16) = results["float32"], results["bfloat16"]
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(s16.params))
+  assert int(s16.nonfinite_steps) == 0 and np.all(np.isfinite(u16))
+  np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=1e-2)
+  assert np.dot(u16, u32) / (np.linalg.norm(u16) * np.linalg.norm(u32)) > 0.999
+  np.testing.assert_allclose(np.linalg.norm(u16), np.linalg.norm(u32), rtol=2e-2)
+
+
+def test_a_bad_compute_dtype_is_named():
+  cell = cells.get("gru")
+  params = cell.init(jax.random.PRNGKey(0), 4, 8)
+  with pytest.raises(ValueError, match="compute_dtype must be one of float32, bfloat16"):
+    recurrent.scan(cell, params, jnp.ones((2, 3, 4)), compute_dtype="int8")
+  config = base.get_config()
+  config.compute_dtype = "bf16"
+  with pytest.raises(ValueError, match="compute_dtype"):
+    train.validate(config)
