@@ -165,7 +165,7 @@ def test_a_bfloat16_training_step_matches_the_float32_step(kind):
         state, batch)
     update = jax.tree.map(jnp.subtract, new.params, state.params)
     results[dtype] = (new, metrics, np.concatenate([np.ravel(u) for u in jax.tree.leaves(update)]))
-  (s32, m32, u32), (s16, m16, u16) = results["float32"], results["bfloat16"]
+  (_, m32, u32), (s16, m16, u16) = results["float32"], results["bfloat16"]
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(s16.params))
   assert int(s16.nonfinite_steps) == 0 and np.all(np.isfinite(u16))
   np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=1e-2)
@@ -182,3 +182,11 @@ def test_a_bad_compute_dtype_is_named():
   config.compute_dtype = "bf16"
   with pytest.raises(ValueError, match="compute_dtype"):
     train.validate(config)
+
+
+def test_a_bfloat16_config_trains_end_to_end(tmp_path):
+  config = base.get_config(runlocal=True)
+  config.update(dataset="adding", cell="gru", compute_dtype="bfloat16")
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["steps"] == 8 and np.isfinite(summary["test_loss"])
+  assert summary["config"]["compute_dtype"] == "bfloat16"
