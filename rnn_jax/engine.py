@@ -128,11 +128,22 @@ def fit(job: Job) -> list[dict[str, Any]]:
   train_time, trained_steps = 0.0, 0
   epoch_records: list[dict[str, Any]] = [{} for _ in range(rows)]
 
-  def save(step, state, carry, force=False):
-    check_finite(state, config, job.checkpoints)  # Never save past a NaN: resuming would re-stop.
-    carry = None if carry is None else jax.device_get(carry)
-    for ckpt, host in zip(job.checkpoints, job.host_states(state)):
-      ckpt.save(step, checkpoint_tree(host, carry), force=force)
+  def host_copies(state, carry):
+    """After the NaN check (never save past a NaN: resuming would re-stop there), one host
+    copy of the state per row, and of the carry."""
+    check_finite(state, config, job.checkpoints)
+    return job.host_states(state), None if carry is None else jax.device_get(carry)
+
+  def save(step, hosts, host_carry, force=False):
+    for ckpt, host in zip(job.checkpoints, hosts):
+      ckpt.save(step, checkpoint_tree(host, host_carry), force=force)
+
+  def exit_for_sigterm(step):
+    for ckpt in job.checkpoints:
+      ckpt.wait()
+    logging.warning("SIGTERM: saved step %d in %s; run the same command to resume.",
+                    step, ", ".join(job.workdirs))
+    raise SystemExit(143)
 
   with sigterm_flag() as sigterm:
     while step < job.total_steps:
@@ -164,15 +175,11 @@ def fit(job: Job) -> list[dict[str, Any]]:
           for i, host_state in enumerate(job.host_states(state)):
             job.writers[i].write(step, job.diagnose[i](host_state.params), kind="diagnostics")
         if itstime(step, config.checkpoint_every_steps) and step < last_step:
-          save(step, state, carry)  # (The epoch's last step is saved after its evaluation.)
+          save(step, *host_copies(state, carry))  # (An epoch's last step: after its evaluation.)
         if step < last_step and _stop_requested(sigterm, step, config.log_every_steps):
-          save(step, state, carry, force=True)
-          for ckpt in job.checkpoints:
-            ckpt.wait()
+          save(step, *host_copies(state, carry), force=True)
           bar.close()
-          logging.warning("SIGTERM: saved step %d in %s; run the same command to resume.",
-                          step, ", ".join(job.workdirs))
-          raise SystemExit(143)
+          exit_for_sigterm(step)
         if step >= last_step:
           break
       bar.close()
@@ -191,9 +198,7 @@ def fit(job: Job) -> list[dict[str, Any]]:
       # The epoch's records and best checkpoint first, its latest checkpoint last: a kill in
       # between resumes before this step and redoes them (read_metrics keeps the last record
       # of a step), where the other order would resume after the step and lose them.
-      check_finite(state, config, job.checkpoints)
-      hosts = job.host_states(state)
-      host_carry = None if carry is None else jax.device_get(carry)
+      hosts, host_carry = host_copies(state, carry)
       for i in range(rows):
         record = {"epoch": epoch + 1,
                   **epoch_train_means(None if totals is None else _row(totals, i, rows)),
@@ -209,13 +214,11 @@ def fit(job: Job) -> list[dict[str, Any]]:
                                        {best_metric: value})
         job.writers[i].write(step, record, kind="epoch")
         epoch_records[i] = record
-      save(step, state, carry, force=True)
+      save(step, hosts, host_carry, force=True)
       if job.primary:
         print(job.label + reporting.epoch_line(epoch + 1, epoch_records[0]), flush=True)
       if _stop_requested(sigterm, step, 1):  # At the epoch's last step: saved above.
-        logging.warning("SIGTERM: saved step %d in %s; run the same command to resume.",
-                        step, ", ".join(job.workdirs))
-        raise SystemExit(143)
+        exit_for_sigterm(step)
 
   test = job.evaluate(state, "test")
   hosts = job.host_states(state)
