@@ -35,6 +35,38 @@ Carry = Any  # jax.Array [batch, hidden] or a tuple of them whose first element 
 
 
 @dataclasses.dataclass(frozen=True)
+class LinearRecurrence:
+  """A recurrence linear in its state, with coefficients that read the input only:
+
+      h_t = a_t * h_{t-1} + b_t        (elementwise; a_t, b_t functions of x_t alone)
+
+  so a whole sequence is one batched input projection and then a scan of products and sums,
+  which `recurrent.scan` evaluates sequentially, in chunks or with `lax.associative_scan`
+  (O(log T) depth) instead of running `step` T times.
+
+  Attributes:
+    coefficients: (params, xs [..., time, input]) -> (a, b), each [..., time, state]; real,
+      or complex (the LRU).
+    state: carry -> h [..., state], the state inside a carry; linear in the carry.
+    emit: (params, h [..., state], x [..., input]) -> (carry, y): the carry and the output
+      once the state is h; elementwise over the leading axes (so it also takes a time axis).
+  """
+  coefficients: Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]]
+  state: Callable[[Any], jax.Array]
+  emit: Callable[[Params, jax.Array, jax.Array], tuple[Any, jax.Array]]
+
+  def step(self, params: Params, carry: Any, x: jax.Array,
+           h_mask: jax.Array | None = None) -> tuple[Any, jax.Array]:
+    """One step, `Cell.step`'s contract: the same coefficients for a one-step sequence."""
+    if h_mask is not None:
+      raise ValueError("This cell's gates read the input only: h enters no matmul, so there "
+                       "is nothing for recurrent dropout to mask. Set recurrent_dropout_rate "
+                       "to 0 (dropout_rate still applies to inputs and outputs).")
+    a, b = self.coefficients(params, x[..., None, :])
+    return self.emit(params, a[..., 0, :] * self.state(carry) + b[..., 0, :], x)
+
+
+@dataclasses.dataclass(frozen=True)
 class Cell:
   """A recurrent cell: pure `init` and `step`, and the shape of its carry.
 
@@ -48,6 +80,9 @@ class Cell:
       only (variational recurrent dropout), never the state that is carried on: a GRU's
       z * h must see the unmasked h, or the state is rescaled by 1/(1-p) at every step.
     options: the options the cell was built with (for logs and summaries).
+    linear: for cells whose recurrence is linear in the state with coefficients from the
+      input only (h_t = a_t * h_{t-1} + b_t), the whole-sequence form that `recurrent.scan`
+      evaluates without running `step` in a loop (see `LinearRecurrence`); None otherwise.
     prepare: params -> params in the form `step` reads fastest, which `step` also accepts;
       `recurrent.scan` calls it once per sequence, outside the loop over time (the LSTM
       splits its fused matrices into per-gate blocks here). Applying it twice is harmless.
@@ -61,6 +96,15 @@ class Cell:
   step: Callable[[Params, Carry, jax.Array], tuple[Carry, jax.Array]]
   options: tuple[tuple[str, Any], ...] = ()
   prepare: Callable[[Params], Params] | None = None
+  linear: LinearRecurrence | None = None
+
+  def hidden_size(self, params: Params) -> int:
+    """The width of h (and of every carry part), read off `params`."""
+    if "w_h" in params:
+      return hidden_size_of(params)
+    w_x = params["w_x"]
+    return sum(w.shape[-1] for w in w_x) if isinstance(w_x, tuple) else (
+        w_x.shape[-1] // self.num_gates)
 
   def zero_carry(self, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Carry:
     """The all-zeros initial carry: [batch, hidden], or a tuple of them."""
@@ -533,3 +577,219 @@ def rnn_miswired_pair() -> Cell:
     return (y, s), y
 
   return Cell("rnn_miswired_pair", 2, 2, init, step)
+
+
+
+# ----------------------------------------------------------------------------- linear recurrences
+#
+# Cells whose gates read only the input, so the recurrence is linear in the state and a whole
+# sequence is evaluated at once (`Cell.linear`; `recurrent.scan`'s scan_mode). Each is one
+# `coefficients` function (a_t, b_t from the inputs) and an `emit` (carry and output from h).
+
+
+def positive_candidate(v: jax.Array) -> jax.Array:
+  """g(v) = v + 0.5 for v >= 0, sigmoid(v) below (Feng et al. 2024): continuous, positive,
+  so minGRU/minLSTM states started at h_0 >= 0 stay positive (their log-space form needs it)."""
+  return jnp.where(v >= 0, v + 0.5, jax.nn.sigmoid(v))
+
+
+def _input_gate_params(key, input_size: int, hidden_size: int, num_gates: int) -> Params:
+  """w_x [input, G*hidden] (Glorot), b [G*hidden] zeros: every gate from x alone."""
+  for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+      raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+  return {"w_x": _input_weights(key, input_size, num_gates * hidden_size),
+          "b": jnp.zeros((num_gates * hidden_size,))}
+
+
+def _hidden_is_output(params: Params, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return h, h
+
+
+def _linear_cell(name: str, num_gates: int, carry_size: int, init, linear: LinearRecurrence,
+                 options: tuple[tuple[str, Any], ...]) -> Cell:
+  return Cell(name, num_gates, carry_size, init, linear.step, options, linear=linear)
+
+
+def _identity(carry):
+  return carry
+
+
+@register("mingru")
+def mingru(positive: bool = True, chrono_init: int = 0) -> Cell:
+  """minGRU (Feng et al. 2024, "Were RNNs All We Needed?"), gates z, h~ from x only:
+
+      z = sigmoid(x W_xz + b_z)        h~ = g(x W_xh + b_h)
+      h' = (1 - z) * h + z * h~        i.e. a_t = 1 - z_t, b_t = z_t * h~_t
+
+  `positive`: g = `positive_candidate` (the paper's form for its log-space scan, h stays
+  > 0); False: g = identity (the plain form). `chrono_init`: T_max >= 2 starts
+  b_z = -log(U(1, T_max - 1)), so unit j keeps its state for ~exp(-b_z) + 1 steps
+  (Tallec and Ollivier 2018); 0 = zero biases.
+  """
+  if chrono_init:
+    _check_chrono(chrono_init)
+  candidate = positive_candidate if positive else (lambda v: v)
+
+  def init(key, input_size, hidden_size):
+    params = _input_gate_params(key, input_size, hidden_size, 2)
+    if chrono_init:
+      params["b"] = params["b"].at[:hidden_size].set(
+          -chrono_bias(jax.random.fold_in(key, 1), hidden_size, chrono_init))
+    return params
+
+  def coefficients(params, xs):
+    k_z, k_h = jnp.split(matmul(xs, params["w_x"]) + params["b"], 2, axis=-1)
+    z = jax.nn.sigmoid(k_z)
+    return 1.0 - z, z * candidate(k_h)
+
+  return _linear_cell("mingru", 2, 1, init,
+                      LinearRecurrence(coefficients, _identity, _hidden_is_output),
+                      (("positive", positive), ("chrono_init", chrono_init)))
+
+
+@register("minlstm")
+def minlstm(positive: bool = True, normalize: bool = True, chrono_init: int = 0) -> Cell:
+  """minLSTM (Feng et al. 2024), gates f, i, h~ from x only:
+
+      f = sigmoid(x W_xf + b_f)     i = sigmoid(x W_xi + b_i)     h~ = g(x W_xh + b_h)
+      f', i' = f / (f + i), i / (f + i)          (`normalize`; else f' = f, i' = i)
+      h' = f' * h + i' * h~
+
+  The normalisation makes the state's scale independent of time (the paper's choice).
+  `positive`: g as in `mingru`. `chrono_init`: T_max >= 2 starts b_f ~ log(U(1, T_max - 1))
+  and b_i = -b_f (as the LSTM's chrono init); 0 = zero biases.
+  """
+  if chrono_init:
+    _check_chrono(chrono_init)
+  candidate = positive_candidate if positive else (lambda v: v)
+
+  def init(key, input_size, hidden_size):
+    params = _input_gate_params(key, input_size, hidden_size, 3)
+    if chrono_init:
+      b_f = chrono_bias(jax.random.fold_in(key, 1), hidden_size, chrono_init)
+      params["b"] = params["b"].at[:2 * hidden_size].set(jnp.concatenate([b_f, -b_f]))
+    return params
+
+  def coefficients(params, xs):
+    k_f, k_i, k_h = jnp.split(matmul(xs, params["w_x"]) + params["b"], 3, axis=-1)
+    f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
+    if normalize:
+      f, i = f / (f + i), i / (f + i)
+    return f, i * candidate(k_h)
+
+  return _linear_cell("minlstm", 3, 1, init,
+                      LinearRecurrence(coefficients, _identity, _hidden_is_output),
+                      (("positive", positive), ("normalize", normalize),
+                       ("chrono_init", chrono_init)))
+
+
+def _check_radii(r_min: float, r_max: float) -> None:
+  if not 0.0 <= r_min < r_max < 1.0:
+    raise ValueError(f"r_min={r_min}, r_max={r_max}: the eigenvalues' moduli are drawn from "
+                     "the ring r_min <= |lambda| <= r_max; use 0 <= r_min < r_max < 1 "
+                     "(e.g. 0.9 and 0.999 for long memories).")
+
+
+@jax.custom_jvp
+def sqrt_bounded_derivative(v: jax.Array) -> jax.Array:
+  """sqrt(v), whose derivative is capped at 1000 (as in RecurrentGemma): at v -> 0, i.e.
+  a_t -> 1, the exact 1 / (2 sqrt(v)) would blow up the RG-LRU's gradient."""
+  return jnp.sqrt(v)
+
+
+@sqrt_bounded_derivative.defjvp
+def _sqrt_bounded_derivative_jvp(primals, tangents):
+  (v,), (dv,) = primals, tangents
+  return jnp.sqrt(v), dv / (2.0 * jnp.sqrt(jnp.maximum(v, 1e-6)))
+
+
+@register("rglru")
+def rglru(c: float = 8.0, r_min: float = 0.9, r_max: float = 0.999) -> Cell:
+  """RG-LRU (De et al. 2024, "Griffin"; RecurrentGemma), gates r, i and input u from x only:
+
+      r = sigmoid(x W_xr + b_r)      i = sigmoid(x W_xi + b_i)      u = x W_xu + b_u
+      a_t = sigmoid(Lambda)^(c r)    (log a_t = -c r softplus(-Lambda), computed so)
+      h' = a_t * h + sqrt(1 - a_t^2) * (i * u)
+
+  The paper feeds the block's input x itself where u stands; projecting it here lets the cell
+  take any input width (a residual block of width = hidden can learn W_xu ~ I). `Lambda`
+  [hidden] starts with sigmoid(Lambda)^2 ~ U(r_min^2, r_max^2) (RecurrentGemma's ring
+  initialisation); `c` = 8 as in the paper. sqrt's derivative is capped
+  (`sqrt_bounded_derivative`).
+  """
+  _check_radii(r_min, r_max)
+
+  def init(key, input_size, hidden_size):
+    kx, ka = jax.random.split(key)
+    params = _input_gate_params(kx, input_size, hidden_size, 3)
+    a = jnp.sqrt(jax.random.uniform(ka, (hidden_size,), minval=r_min ** 2, maxval=r_max ** 2))
+    params["lambda"] = jnp.log(a) - jnp.log1p(-a)  # sigmoid^-1(a)
+    return params
+
+  def coefficients(params, xs):
+    k_r, k_i, u = jnp.split(matmul(xs, params["w_x"]) + params["b"], 3, axis=-1)
+    log_a = -c * jax.nn.sigmoid(k_r) * jax.nn.softplus(-params["lambda"])
+    scale = sqrt_bounded_derivative(-jnp.expm1(2.0 * log_a))  # sqrt(1 - a^2), accurately.
+    return jnp.exp(log_a), scale * jax.nn.sigmoid(k_i) * u
+
+  return _linear_cell("rglru", 3, 1, init,
+                      LinearRecurrence(coefficients, _identity, _hidden_is_output),
+                      (("c", c), ("r_min", r_min), ("r_max", r_max)))
+
+
+@register("lru")
+def lru(r_min: float = 0.9, r_max: float = 0.999, max_phase: float = 6.283) -> Cell:
+  """LRU (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks for Long Sequences"):
+  a complex diagonal linear recurrence and a real read-out,
+
+      lambda = exp(-exp(nu_log) + i exp(theta_log))            [hidden], complex
+      s' = lambda * s + exp(gamma_log) * (x B)                  s complex, B = B_re + i B_im
+      y = Re(s C) + x D                                          C = C_re + i C_im
+
+  `nu_log`, `theta_log` start on the ring r_min <= |lambda| <= r_max with phases in
+  [0, max_phase] (the paper's initialisation); `gamma_log` = log sqrt(1 - |lambda|^2) (the
+  paper's normalisation, trained). The state size is `hidden`. D is a dense [input, hidden]
+  matrix (the paper's diagonal D needs input = hidden). Params: w_x = [B_re | B_im]
+  [input, 2*hidden], w_c_re, w_c_im [hidden, hidden], w_d [input, hidden] and the three
+  [hidden] vectors. Carry (y, Re s, Im s): y first, so `hidden_of` reads the output.
+  """
+  _check_radii(r_min, r_max)
+  if not 0.0 < max_phase <= 2 * math.pi + 1e-3:
+    raise ValueError(f"max_phase={max_phase}: the eigenvalues' phases are drawn from "
+                     "[0, max_phase]; use a value in (0, 2 pi].")
+
+  def init(key, input_size, hidden_size):
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    ku, kp, kb, kc, kd = jax.random.split(key, 5)
+    u = jax.random.uniform(ku, (hidden_size,))
+    nu_log = jnp.log(-0.5 * jnp.log(u * (r_max ** 2 - r_min ** 2) + r_min ** 2))
+    theta_log = jnp.log(max_phase * jax.random.uniform(kp, (hidden_size,)))
+    modulus = jnp.exp(-jnp.exp(nu_log))
+    c_re, c_im = jax.random.normal(kc, (2, hidden_size, hidden_size)) / math.sqrt(hidden_size)
+    return {
+        "w_x": jax.random.normal(kb, (input_size, 2 * hidden_size)) / math.sqrt(2 * input_size),
+        "nu_log": nu_log, "theta_log": theta_log,
+        "gamma_log": jnp.log(jnp.sqrt(1.0 - modulus ** 2)),
+        "w_c_re": c_re, "w_c_im": c_im,
+        "w_d": jax.random.normal(kd, (input_size, hidden_size)) / math.sqrt(input_size),
+    }
+
+  def coefficients(params, xs):
+    bx_re, bx_im = jnp.split(matmul(xs, params["w_x"]), 2, axis=-1)
+    lam = jnp.exp(-jnp.exp(params["nu_log"]) + 1j * jnp.exp(params["theta_log"]))
+    b = jnp.exp(params["gamma_log"]) * jax.lax.complex(bx_re, bx_im)
+    return jnp.broadcast_to(lam, b.shape), b
+
+  def state(carry):
+    return jax.lax.complex(carry[1], carry[2])
+
+  def emit(params, s, x):
+    y = (matmul(s.real, params["w_c_re"]) - matmul(s.imag, params["w_c_im"])
+         + matmul(x, params["w_d"]))
+    return (y, s.real, s.imag), y
+
+  return _linear_cell("lru", 2, 3, init, LinearRecurrence(coefficients, state, emit),
+                      (("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase)))

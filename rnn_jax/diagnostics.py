@@ -42,7 +42,7 @@ def zero_probes(model: models.SequenceModel, params: dict[str, Any], batch_size:
   probes = []
   for layer in params["rnn"]:
     per_dir = {d: jax.tree.map(lambda c: jnp.zeros((time,) + c.shape, dtype),
-                               cell.zero_carry(batch_size, cells.hidden_size_of(p), dtype))
+                               cell.zero_carry(batch_size, cell.hidden_size(p), dtype))
                for d, p in layer.items()}
     probes.append(per_dir["fwd"] if len(per_dir) == 1 else per_dir)
   return probes
@@ -219,7 +219,7 @@ def gate_statistics(model: models.SequenceModel, params: dict[str, Any], batch: 
   stats = {}
   for index, layer in enumerate(params["rnn"]):
     p = layer["fwd"]
-    carry0 = cell.zero_carry(batch_size, cells.hidden_size_of(p), xs.dtype)
+    carry0 = cell.zero_carry(batch_size, cell.hidden_size(p), xs.dtype)
 
     def body(carry, x_t, p=p):
       g = gates_fn(p, carry, x_t)

@@ -6,6 +6,8 @@ inside `jax.lax.scan`. All functions are pure, jittable, vmappable and different
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Sequence
 
 import jax
@@ -59,7 +61,8 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
          lengths: jax.Array | None = None, reverse: bool = False,
          truncation: int | None = None, unroll: int = 1, remat: bool = False,
          recurrent_mask: jax.Array | None = None,
-         probes: Carry | None = None, compute_dtype: Any = None) -> tuple[Carry, jax.Array]:
+         probes: Carry | None = None, compute_dtype: Any = None,
+         scan_mode: str = "auto") -> tuple[Carry, jax.Array]:
   """Runs `cell` over `xs`. Returns (final_carry, ys).
 
   Args:
@@ -91,16 +94,25 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
       accumulation and result (`cells.matmul`); biases, gates, the carry and every elementwise
       update stay float32, so the state does not drift; the gradient reaches the float32
       params and is summed over time steps in float32.
+    scan_mode: how a cell with a linear recurrence (`cell.linear`: minGRU, minLSTM, LRU,
+      RG-LRU) is evaluated; every mode computes the same function (to float rounding) and
+      supports every option above. "sequential": a `lax.scan` over the precomputed
+      coefficients, "chunked": exact two-level scan (within chunks of ~sqrt(T) steps, then
+      across them: ~2 sqrt(T) loop iterations), "parallel": `lax.associative_scan`, depth
+      O(log T), "step": `cell.step` in the loop like every other cell. "auto": "parallel" on
+      GPU and TPU, "chunked" on CPU (the fastest there, see docs/performance.md). Cells
+      without `linear` always run "step" ("auto" or "step").
 
   Returns:
     final_carry, and ys [batch, time, hidden].
   """
   _check_scan_arguments(xs, lengths, truncation, unroll)
   compute_dtype = check_compute_dtype(compute_dtype)
+  scan_mode = resolve_scan_mode(cell, scan_mode)
   batch, time = xs.shape[:2]
   if lengths is not None:
     lengths = jnp.asarray(lengths, jnp.int32)
-  hidden = cells_lib.hidden_size_of(params)
+  hidden = cell.hidden_size(params)
   if carry is None:
     carry = cell.zero_carry(batch, hidden, xs.dtype)
   for name, value in (("carry", carry), ("recurrent_mask", recurrent_mask)):
@@ -113,6 +125,15 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
   cuts = truncation_cuts(time, truncation, lengths)
   if cell.prepare is not None:  # Once per sequence, not once per step inside the loop.
     params = cell.prepare(params)
+  if scan_mode != "step":
+    if recurrent_mask is not None:
+      cell.linear.step(params, carry, xs[:, 0], h_mask=recurrent_mask)  # Raises why.
+    run = functools.partial(_scan_linear, cell.linear, scan_mode=scan_mode,
+                            compute_dtype=compute_dtype)
+    if remat:  # Keep only the inputs; recompute coefficients, states and outputs backwards.
+      run = jax.checkpoint(run)
+    carry, ys = run(params, xs, carry, lengths, cuts, probes)
+    return carry, (reverse_padded(ys, lengths) if reverse else ys)
 
   def body(carry, inputs):
     x_t, t, cut_t, probe_t = inputs
@@ -146,6 +167,118 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
   if reverse:
     ys = reverse_padded(ys, lengths)
   return carry, ys
+
+
+SCAN_MODES = ("auto", "step", "sequential", "chunked", "parallel")
+
+
+def resolve_scan_mode(cell: Cell, scan_mode: str) -> str:
+  """The evaluation `scan` uses for `cell`: "step" for cells without a linear recurrence;
+  for those with one, `scan_mode`, where "auto" is "parallel" on accelerators and "chunked"
+  on CPU. ValueError for an unknown mode, or a linear-only mode with a classic cell."""
+  if scan_mode not in SCAN_MODES:
+    raise ValueError(f"scan_mode must be one of {', '.join(SCAN_MODES)}, got {scan_mode!r}.")
+  if cell.linear is None:
+    if scan_mode not in ("auto", "step"):
+      raise ValueError(f"scan_mode={scan_mode!r} needs a cell whose recurrence is linear in "
+                       f"its state (mingru, minlstm, lru, rglru); cell {cell.name!r} runs its "
+                       "step in a loop: use scan_mode 'auto' or 'step'.")
+    return "step"
+  if scan_mode == "auto":
+    return "chunked" if jax.default_backend() == "cpu" else "parallel"
+  return scan_mode
+
+
+def linear_scan(a: jax.Array, b: jax.Array, h0: jax.Array, mode: str = "parallel"
+                ) -> jax.Array:
+  """h_t = a_t * h_{t-1} + b_t for t = 0..T-1 from h_{-1} = h0: [time, ...] -> [time, ...].
+
+  a, b [time, batch, state] (time-major), h0 [batch, state]; real or complex. "sequential":
+  one `lax.scan` step per t. "parallel": `lax.associative_scan` on the pairs (a, b), whose
+  composition (a1, b1) then (a2, b2) is (a1 a2, a2 b1 + b2). "chunked": chunks of k ~ sqrt(T)
+  steps scanned side by side (k iterations), then one scan across the chunks' ends (T/k
+  iterations), then h = local + (product of a within the chunk) * (the chunk's start): no
+  division, so it is exact where a_t underflows to 0.
+  """
+  if mode == "sequential":
+    def body(h, ab):
+      h = ab[0] * h + ab[1]
+      return h, h
+    return jax.lax.scan(body, h0, (a, b))[1]
+  b = b.at[0].add(a[0] * h0)
+  if mode == "parallel":
+    def compose(left, right):
+      return left[0] * right[0], right[0] * left[1] + right[1]
+    return jax.lax.associative_scan(compose, (a, b), axis=0)[1]
+  if mode != "chunked":
+    raise ValueError(f"Unknown linear scan mode {mode!r}; use 'sequential', 'chunked' or "
+                     "'parallel'.")
+  time = a.shape[0]
+  k = max(1, int(round(math.sqrt(time))))
+  chunks = -(-time // k)
+  pad = [(0, chunks * k - time)] + [(0, 0)] * (a.ndim - 1)
+  a = jnp.pad(a, pad, constant_values=1).reshape((chunks, k) + a.shape[1:])
+  b = jnp.pad(b, pad).reshape((chunks, k) + b.shape[1:])
+
+  def within(carry, ab):  # All chunks at once, one step of each.
+    prod, h = carry
+    prod, h = ab[0] * prod, ab[0] * h + ab[1]
+    return (prod, h), (prod, h)
+  start = (jnp.ones_like(a[:, 0]), jnp.zeros_like(b[:, 0]))
+  _, (prods, local) = jax.lax.scan(within, start, (jnp.swapaxes(a, 0, 1),
+                                                   jnp.swapaxes(b, 0, 1)))  # [k, chunks, ...]
+
+  def across(h, ends):  # h: the state before the chunk (0 before the first: h0 is in b).
+    return ends[0] * h + ends[1], h
+  _, starts = jax.lax.scan(across, jnp.zeros_like(b[0, 0]), (prods[-1], local[-1]))
+  hs = local + prods * starts[None]
+  return jnp.swapaxes(hs, 0, 1).reshape((chunks * k,) + hs.shape[2:])[:time]
+
+
+def _scan_linear(linear: cells_lib.LinearRecurrence, params: Params, xs: jax.Array,
+                 carry: Carry, lengths: jax.Array | None, cuts: jax.Array | None,
+                 probes: Carry | None, *, scan_mode: str, compute_dtype: Any
+                 ) -> tuple[Carry, jax.Array]:
+  """`scan` for a linear recurrence, the whole sequence at once: xs [batch, time, input] in
+  processing order (already reversed) -> (final carry, ys [batch, time, hidden]).
+
+  Every option of `scan` becomes a change of the coefficients, so the same evaluation serves
+  them all: past a sequence's length a_t = 1, b_t = 0 (the state freezes); a probe on the
+  state adds to b_t; a truncation cut before step t (h_t = a_t sg(h_{t-1}) + b_t) becomes
+  a_t = 0, b_t = a_t h_{t-1} + b_t with h_{t-1} from a first, gradient-free pass.
+  """
+  batch, time = xs.shape[:2]
+  weights = cells_lib.cast_weights(params, compute_dtype)  # Once: one matmul for all steps.
+  a, b = linear.coefficients(weights, xs)                  # [batch, time, state]
+  a, b = jnp.swapaxes(a, 0, 1), jnp.swapaxes(b, 0, 1)      # time-major
+  h0 = linear.state(carry)
+  if probes is not None:
+    b = b + linear.state(probes)
+  valid = None
+  if lengths is not None:
+    valid = (jnp.arange(time)[:, None] < lengths[None, :])[..., None]  # [time, batch, 1]
+    a, b = jnp.where(valid, a, jnp.ones_like(a)), jnp.where(valid, b, jnp.zeros_like(b))
+  if cuts is not None:
+    cut = (cuts[:, None] if cuts.ndim == 1 else cuts)[..., None]  # [time, batch or 1, 1]
+    h_prev = jax.lax.stop_gradient(jnp.concatenate(
+        [h0[None], linear_scan(a, b, h0, scan_mode)[:-1]]))
+    a, b = jnp.where(cut, jnp.zeros_like(a), a), jnp.where(cut, a * h_prev + b, b)
+  hs = linear_scan(a, b, h0, scan_mode)                    # [time, batch, state]
+  if probes is not None:  # A step's output sees its state before the step's probe.
+    hs = hs - linear.state(probes)
+  carries, ys = linear.emit(weights, hs, jnp.swapaxes(xs, 0, 1))
+  if probes is not None:
+    carries = jax.tree.map(jnp.add, carries, probes)
+    ys = ys + cells_lib.hidden_of(probes)
+  if lengths is None:
+    final = jax.tree.map(lambda c: c[-1], carries)
+  else:
+    last = jnp.clip(lengths - 1, 0, time - 1)
+    final = jax.tree.map(
+        lambda c, c0: jnp.where((lengths > 0)[:, None], c[last, jnp.arange(batch)], c0),
+        carries, carry)
+    ys = jnp.where(valid, ys, jnp.zeros_like(ys))
+  return final, jnp.swapaxes(ys, 0, 1)
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -306,7 +439,7 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
       params = layer[direction]
       mask = None
       if dir_key is not None and recurrent_dropout_rate > 0.0:
-        hidden = cells_lib.hidden_size_of(params)
+        hidden = cell.hidden_size(params)
         mask = dropout(dir_key, jnp.ones((batch, hidden), xs.dtype), recurrent_dropout_rate)
       carry, ys = scan(cell, params, xs, _pick(init, direction, len(directions)),
                        lengths=lengths, reverse=direction == "bwd", truncation=truncation,
