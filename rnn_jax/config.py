@@ -57,6 +57,8 @@ def _run_fields(c: ml_collections.ConfigDict) -> None:
   c.truncation = placeholder(int)  # Truncated BPTT window k in steps; None = full BPTT.
   c.compute_dtype = "float32"    # Matmuls in 'float32', or 'bfloat16' / 'float16' (mixed
                                  # precision: float32 params, state, accumulation and loss).
+  c.block = "plain"              # 'plain' stack, or 'residual': norm, recurrence, gated MLP
+                                 # and skips around every layer (any cell).
   # --- optimisation (rnn_jax/train.py) ---
   c.seed = 0                     # Seeds params, dropout and data order.
   c.batch_size = 128             # Global batch size (split over devices and processes).
@@ -85,6 +87,9 @@ def _running_fields(c: ml_collections.ConfigDict) -> None:
   c.plots = True                 # Write PNG learning curves to workdir/plots at the end.
   c.unroll = 1                   # lax.scan unroll factor (speed only).
   c.remat = False                # Recompute each step in the backward pass (less memory).
+  c.scan_mode = "auto"           # Linear-recurrence cells (mingru, minlstm, lru, rglru):
+                                 # 'sequential' | 'chunked' | 'parallel' | 'step'; 'auto' =
+                                 # chunked on CPU, parallel on GPU/TPU. Same function.
 
 
 def _fields(fill) -> frozenset[str]:
@@ -144,6 +149,8 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine", "warmup_cosine"),
     "nonfinite": ("stop", "skip"),
     "parallel": ("auto", "jit", "sharded", "pmap"),
+    "block": ("plain", "residual"),
+    "scan_mode": ("auto", "step", "sequential", "chunked", "parallel"),
 }
 _CHOICE_HINTS = {
     ("readout", "all"): " 'all' (logits at every step, models.SequenceModel) needs a label per "

@@ -104,7 +104,8 @@ def build_model(config) -> models.SequenceModel:
       num_outputs=config.vocab_size, readout="all", dropout_rate=config.dropout_rate,
       recurrent_dropout_rate=config.recurrent_dropout_rate,
       variational_dropout=config.variational_dropout, dropout_mode=config.dropout_mode,
-      unroll=config.unroll, remat=config.remat, compute_dtype=config.compute_dtype)
+      unroll=config.unroll, remat=config.remat, compute_dtype=config.compute_dtype,
+      block=config.block, scan_mode=config.scan_mode)
 
 
 def zero_carries(model: models.SequenceModel, batch: int) -> list[Any]:

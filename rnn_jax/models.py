@@ -50,6 +50,10 @@ class SequenceModel:
       the recurrent stack and the head in that dtype with float32 accumulation; params, the
       embedding, the carries, every elementwise update and the loss stay float32 (see
       `rnn_jax.recurrent.scan`).
+    block: "plain" (layers feed each other) or "residual" (each layer a pre-norm residual
+      block with a gated MLP, `rnn_jax.recurrent.residual_block`, for any cell; readout
+      "last" then reads the stack's output at each sequence's last real step).
+    scan_mode: how linear-recurrence cells are evaluated (`rnn_jax.recurrent.scan`).
   """
   cell: str = "lstm"
   cell_options: tuple[tuple[str, Any], ...] = ()
@@ -69,6 +73,8 @@ class SequenceModel:
   unroll: int = 1
   remat: bool = False
   compute_dtype: str = "float32"
+  block: str = "plain"
+  scan_mode: str = "auto"
 
   def __post_init__(self):
     if self.input_kind not in INPUT_KINDS:
@@ -78,12 +84,17 @@ class SequenceModel:
     if self.dropout_mode not in DROPOUT_MODES:
       raise ValueError(f"dropout_mode {self.dropout_mode!r} is not one of {DROPOUT_MODES}.")
     recurrent.check_compute_dtype(self.compute_dtype)
+    if self.block not in recurrent.BLOCKS:
+      raise ValueError(f"block {self.block!r} is not one of {recurrent.BLOCKS}.")
+    if self.block == "residual" and self.bidirectional and self.readout == "last":
+      raise ValueError("readout 'last' of a bidirectional residual stack would read a mix "
+                       "whose backward half has seen one element; use readout 'mean'.")
     if self.input_kind == "tokens" and self.embed_size < 1:
       raise ValueError("A token model needs embed_size >= 1.")
     for name in ("input_size", "hidden_size", "num_layers", "num_outputs"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-    self.recurrent_cell  # Fails early on unknown cells or options.
+    recurrent.resolve_scan_mode(self.recurrent_cell, self.scan_mode)  # Also: unknown cells.
 
   @property
   def recurrent_cell(self) -> cells.Cell:
@@ -91,7 +102,7 @@ class SequenceModel:
 
   @property
   def output_features(self) -> int:
-    return self.hidden_size * (2 if self.bidirectional else 1)
+    return self.hidden_size * (2 if self.bidirectional and self.block == "plain" else 1)
 
   def init(self, key: jax.Array) -> dict[str, Any]:
     """Params: {"embed": [vocab, embed]?, "rnn": [layer dicts], "head": {"w", "b"}}."""
@@ -103,7 +114,7 @@ class SequenceModel:
       params["embed"] = embed.at[0].set(0.0)  # Padding starts as a zero vector, like Keras.
       size = self.embed_size
     params["rnn"] = recurrent.init_layers(k_rnn, self.recurrent_cell, size, self.hidden_size,
-                                          self.num_layers, self.bidirectional)
+                                          self.num_layers, self.bidirectional, self.block)
     params["head"] = {
         "w": jax.nn.initializers.glorot_uniform()(k_head, (self.output_features,
                                                            self.num_outputs)),
@@ -131,7 +142,7 @@ class SequenceModel:
         recurrent_dropout_rate=self.recurrent_dropout_rate,
         variational=variational, truncation=self.truncation, unroll=self.unroll,
         remat=self.remat, probes=probes, top_output_dropout=not cell_inputs,
-        compute_dtype=self.compute_dtype)
+        compute_dtype=self.compute_dtype, scan_mode=self.scan_mode)
 
   def apply(self, params: dict[str, Any], inputs: jax.Array,
             lengths: jax.Array | None = None, *, key: jax.Array | None = None,
@@ -149,7 +160,11 @@ class SequenceModel:
     if key is not None:
       k_features, k_readout = recurrent.split_keys(recurrent.example_keys(key, len(inputs)), 2)
     finals, ys = self.features(params, inputs, lengths, key=k_features, probes=probes)
-    if self.readout == "last":
+    if self.readout == "last" and self.block == "residual":  # The block's output, not a carry.
+      last = jnp.zeros(len(ys), jnp.int32) + ys.shape[1] - 1 if lengths is None else (
+          jnp.maximum(jnp.asarray(lengths) - 1, 0))
+      pooled = ys[jnp.arange(len(ys)), last]
+    elif self.readout == "last":
       top = finals[-1]
       if self.bidirectional:
         pooled = jnp.concatenate([cells.hidden_of(top["fwd"]), cells.hidden_of(top["bwd"])],

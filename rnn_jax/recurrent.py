@@ -377,19 +377,82 @@ def dropout(key: jax.Array | None, x: jax.Array, rate: float, *,
 
 # ----------------------------------------------------------------------------- layers
 
+BLOCKS = ("plain", "residual")
+MLP_EXPANSION = 2  # The residual block's gated MLP: hidden -> 2 * hidden -> hidden.
+
+
 def init_layers(key: jax.Array, cell: Cell, input_size: int, hidden_size: int,
-                num_layers: int = 1, bidirectional: bool = False) -> list[LayerParams]:
-  """Params of a stack: one {"fwd": params[, "bwd": params]} dict per layer."""
+                num_layers: int = 1, bidirectional: bool = False,
+                block: str = "plain") -> list[LayerParams]:
+  """Params of a stack: one {"fwd": params[, "bwd": params][, "block": ...]} dict per layer.
+
+  `block`: "plain" (each layer's outputs are the next layer's inputs) or "residual" (the
+  pre-norm residual block of the linear-recurrence papers, around any cell; see
+  `residual_block`): its "block" entry holds the RMSNorm scales and the MLP, the first layer's
+  also "w_in" [input, hidden] when input_size != hidden_size, the last layer's "out_norm".
+  """
+  if block not in BLOCKS:
+    raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}.")
   layers = []
   size = input_size
-  for layer_key in jax.random.split(key, num_layers):
+  for index, layer_key in enumerate(jax.random.split(key, num_layers)):
     kf, kb = jax.random.split(layer_key)
+    extra = {}
+    if block == "residual":
+      extra["block"] = _init_residual(jax.random.fold_in(layer_key, 2), size, hidden_size,
+                                      bidirectional, last=index + 1 == num_layers)
+      size = hidden_size
     layer = {"fwd": cell.init(kf, size, hidden_size)}
     if bidirectional:
       layer["bwd"] = cell.init(kb, size, hidden_size)
-    layers.append(layer)
-    size = hidden_size * (2 if bidirectional else 1)
+    layers.append({**layer, **extra})
+    size = hidden_size * (2 if bidirectional and block == "plain" else 1)
   return layers
+
+
+def _init_residual(key, input_size: int, hidden: int, bidirectional: bool, last: bool
+                   ) -> Params:
+  glorot = jax.nn.initializers.glorot_uniform()
+  k_in, k_mix, k_gate, k_up, k_down = jax.random.split(key, 5)
+  width = MLP_EXPANSION * hidden
+  params = {"norm": jnp.ones((hidden,)), "mlp_norm": jnp.ones((hidden,)),
+            "w_gate": glorot(k_gate, (hidden, width)), "w_up": glorot(k_up, (hidden, width)),
+            "w_down": glorot(k_down, (width, hidden))}
+  if input_size != hidden:
+    params["w_in"] = glorot(k_in, (input_size, hidden))
+  if bidirectional:
+    params["w_mix"] = glorot(k_mix, (2 * hidden, hidden))
+  if last:
+    params["out_norm"] = jnp.ones((hidden,))
+  return params
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """x / rms(x) * scale over the last axis (Zhang and Sennrich 2019)."""
+  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps) * scale
+
+
+def residual_block(params: Params, xs: jax.Array, recurrence, *, dropout_keys=(None, None),
+                   dropout_rate: float = 0.0, shared_axes: Sequence[int] = (),
+                   compute_dtype: Any = None) -> jax.Array:
+  """The residual block of Griffin and the LRU (De et al. 2024; Orvieto et al. 2023), around
+  any recurrence, xs [batch, time, hidden] -> [batch, time, hidden]:
+
+      x = x + Dropout(Mix(Recurrence(RMSNorm(x))))
+      x = x + Dropout(W_down (GELU(W_gate n) * W_up n)),   n = RMSNorm(x)
+
+  Mix is W_mix on the [forward, backward] outputs of a bidirectional layer, else nothing.
+  `recurrence`: [batch, time, hidden] -> [batch, time, hidden or 2 * hidden].
+  """
+  w = cells_lib.cast_weights(params, compute_dtype)
+  r = recurrence(rms_norm(xs, params["norm"]))
+  if "w_mix" in w:
+    r = cells_lib.matmul(r, w["w_mix"])
+  xs = xs + dropout(dropout_keys[0], r, dropout_rate, shared_axes=shared_axes)
+  n = rms_norm(xs, params["mlp_norm"])
+  m = jax.nn.gelu(cells_lib.matmul(n, w["w_gate"])) * cells_lib.matmul(n, w["w_up"])
+  m = cells_lib.matmul(m, w["w_down"])
+  return xs + dropout(dropout_keys[1], m, dropout_rate, shared_axes=shared_axes)
 
 
 def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
@@ -399,7 +462,8 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
                truncation: int | None = None, unroll: int = 1, remat: bool = False,
                probes: Sequence[Any] | None = None,
                top_output_dropout: bool = True,
-               compute_dtype: Any = None) -> tuple[list[Any], jax.Array]:
+               compute_dtype: Any = None,
+               scan_mode: str = "auto") -> tuple[list[Any], jax.Array]:
   """Runs a stack of (optionally bidirectional) layers, TF's `MultiRNNCell` generalised.
 
   Args:
@@ -418,39 +482,66 @@ def run_layers(cell: Cell, layers: Sequence[LayerParams], xs: jax.Array, *,
     variational: share the output dropout mask over time too.
     top_output_dropout: False leaves the top layer's output undropped, so that dropout acts
       only where a layer's output enters the next layer (Keras' per-cell input dropout).
-    truncation, unroll, remat, compute_dtype: see `scan`.
+    truncation, unroll, remat, compute_dtype, scan_mode: see `scan`.
     probes: per layer, a probe carry (or {"fwd":..., "bwd":...}) for `scan(probes=...)`.
+
+  Layers with a "block" entry (`init_layers(block="residual")`) run as `residual_block`s:
+  the first projects xs to hidden ("w_in"), dropout acts on each branch's output, the last
+  normalises the stack's output, and outputs past each length are zero.
 
   Returns:
     (final_carries, ys): per layer the final carry (or {"fwd":..., "bwd":...}), and the top
-    layer's outputs [batch, time, hidden * directions].
+    layer's outputs [batch, time, hidden * directions] ([batch, time, hidden] for residual
+    blocks).
   """
   batch = xs.shape[0]
   finals = []
+  shared_axes = (1,) if variational else ()
   keys = ([None] * len(layers) if key is None
           else split_keys(example_keys(key, batch), len(layers)))
   for index, (layer, layer_key) in enumerate(zip(layers, keys)):
     init = initial_carries[index] if initial_carries is not None else None
     probe = probes[index] if probes is not None else None
     directions = ("fwd", "bwd") if "bwd" in layer else ("fwd",)
-    dir_keys = split_keys(layer_key, 3) if layer_key is not None else [None] * 3
-    outputs, layer_final = [], {}
-    for direction, dir_key in zip(directions, dir_keys[:2]):
-      params = layer[direction]
-      mask = None
-      if dir_key is not None and recurrent_dropout_rate > 0.0:
-        hidden = cell.hidden_size(params)
-        mask = dropout(dir_key, jnp.ones((batch, hidden), xs.dtype), recurrent_dropout_rate)
-      carry, ys = scan(cell, params, xs, _pick(init, direction, len(directions)),
-                       lengths=lengths, reverse=direction == "bwd", truncation=truncation,
-                       unroll=unroll, remat=remat, recurrent_mask=mask,
-                       compute_dtype=compute_dtype,
-                       probes=_pick(probe, direction, len(directions)))
-      outputs.append(ys)
-      layer_final[direction] = carry
-    xs = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
-    if top_output_dropout or index + 1 < len(layers):
-      xs = dropout(dir_keys[2], xs, dropout_rate, shared_axes=(1,) if variational else ())
+    residual = "block" in layer
+    num_keys = 4 if residual else 3
+    dir_keys = split_keys(layer_key, num_keys) if layer_key is not None else [None] * num_keys
+    layer_final = {}
+
+    def recurrence(xs, layer=layer, init=init, probe=probe, directions=directions,
+                   dir_keys=dir_keys, layer_final=layer_final):
+      outputs = []
+      for direction, dir_key in zip(directions, dir_keys[:2]):
+        params = layer[direction]
+        mask = None
+        if dir_key is not None and recurrent_dropout_rate > 0.0:
+          hidden = cell.hidden_size(params)
+          mask = dropout(dir_key, jnp.ones((batch, hidden), xs.dtype), recurrent_dropout_rate)
+        carry, ys = scan(cell, params, xs, _pick(init, direction, len(directions)),
+                         lengths=lengths, reverse=direction == "bwd", truncation=truncation,
+                         unroll=unroll, remat=remat, recurrent_mask=mask,
+                         compute_dtype=compute_dtype, scan_mode=scan_mode,
+                         probes=_pick(probe, direction, len(directions)))
+        outputs.append(ys)
+        layer_final[direction] = carry
+      return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
+
+    if residual:
+      block = layer["block"]
+      if "w_in" in block:
+        xs = cells_lib.matmul(xs, cells_lib.cast_weights(block, compute_dtype)["w_in"])
+      xs = residual_block(block, xs, recurrence, dropout_keys=dir_keys[2:],
+                          dropout_rate=dropout_rate, shared_axes=shared_axes,
+                          compute_dtype=compute_dtype)
+      if "out_norm" in block:
+        xs = rms_norm(xs, block["out_norm"])
+      if lengths is not None:  # Zero past each length, as a plain layer's outputs are.
+        valid = jnp.arange(xs.shape[1])[None, :, None] < jnp.asarray(lengths)[:, None, None]
+        xs = jnp.where(valid, xs, jnp.zeros_like(xs))
+    else:
+      xs = recurrence(xs)
+      if top_output_dropout or index + 1 < len(layers):
+        xs = dropout(dir_keys[2], xs, dropout_rate, shared_axes=shared_axes)
     finals.append(layer_final["fwd"] if len(directions) == 1 else layer_final)
   return finals, xs
 

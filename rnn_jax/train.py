@@ -69,7 +69,8 @@ def build_model(config: ml_collections.ConfigDict, task: data.Task) -> models.Se
       dropout_rate=config.dropout_rate, recurrent_dropout_rate=config.recurrent_dropout_rate,
       variational_dropout=config.variational_dropout, dropout_mode=config.dropout_mode,
       truncation=config.truncation,
-      unroll=config.unroll, remat=config.remat, compute_dtype=config.compute_dtype)
+      unroll=config.unroll, remat=config.remat, compute_dtype=config.compute_dtype,
+      block=config.block, scan_mode=config.scan_mode)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, total_steps: int
