@@ -46,7 +46,34 @@ CELLS = {
     "gru-reset-before": ("gru", {"reset_after": False}),
     "mgu": ("mgu", {}),
     "rnn-miswired-pair": ("rnn_miswired_pair", {}),
+    # Linear recurrences (`Cell.linear`), run in each of their whole-sequence scan modes.
+    "mingru": ("mingru", {}),
+    "mingru-plain": ("mingru", {"positive": False}),
+    "minlstm": ("minlstm", {}),
+    "minlstm-unnormalized": ("minlstm", {"normalize": False}),
+    "rglru": ("rglru", {}),
+    "lru": ("lru", {}),
 }
+LINEAR = ("mingru", "minlstm", "rglru", "lru")
+LINEAR_MODES = ("sequential", "chunked", "parallel")
+
+
+def _is_linear(cell_id):
+  return CELLS[cell_id][0] in LINEAR
+
+
+def _grid():
+  """(cell id, scan mode, row) params: every row for every cell, the linear cells in each of
+  their modes. "chunked" (the CPU default) runs every row by default; the other two modes
+  every fourth row by default and the rest with the slow tests."""
+  cases = []
+  for cell_id in CELLS:
+    for mode in (LINEAR_MODES if _is_linear(cell_id) else ("step",)):
+      for r in range(16):
+        slow = mode in ("sequential", "parallel") and r % 4 != 0
+        cases.append(pytest.param(cell_id, mode, r, id=f"{cell_id}-{mode}-{_row_id(r)}",
+                                  marks=[pytest.mark.slow] if slow else []))
+  return cases
 
 
 # ----------------------------------------------------------------------------- the design
@@ -202,6 +229,8 @@ def _np_step(cell_id, p, carry, x, m):
       n = np.tanh(x @ w_xn + (r * hm) @ w_hn + b_n)
     h = (1.0 - z) * n + z * carry
     return h, h
+  if name in LINEAR:
+    return _np_linear_step(name, options, p, carry, x)
   assert name == "mgu"
   w_xf, w_xn = np.split(p["w_x"], 2, axis=1)
   w_hf, w_hn = np.split(p["w_h"], 2, axis=1)
@@ -212,16 +241,52 @@ def _np_step(cell_id, p, carry, x, m):
   return h, h
 
 
+def _softplus(v):
+  return np.log1p(np.exp(-np.abs(v))) + np.maximum(v, 0.0)
+
+
+def _np_linear_step(name, options, p, carry, x):
+  """The linear recurrences, float64, from the papers' equations as the docstrings give them
+  (Feng et al. 2024; De et al. 2024; Orvieto et al. 2023)."""
+  g = ((lambda v: np.where(v >= 0, v + 0.5, _sigmoid(v))) if options.get("positive", True)
+       else (lambda v: v))
+  if name == "mingru":  # h' = (1 - z) h + z g(x W_h + b_h)
+    k_z, k_h = np.split(x @ p["w_x"] + p["b"], 2, axis=-1)
+    z = _sigmoid(k_z)
+    h = (1.0 - z) * carry + z * g(k_h)
+    return h, h
+  if name == "minlstm":  # h' = f' h + i' g(x W_h + b_h), f', i' = f, i / (f + i)
+    k_f, k_i, k_h = np.split(x @ p["w_x"] + p["b"], 3, axis=-1)
+    f, i = _sigmoid(k_f), _sigmoid(k_i)
+    if options.get("normalize", True):
+      f, i = f / (f + i), i / (f + i)
+    h = f * carry + i * g(k_h)
+    return h, h
+  if name == "rglru":  # a = sigmoid(Lambda)^(8 r); h' = a h + sqrt(1 - a^2) (i * u)
+    k_r, k_i, u = np.split(x @ p["w_x"] + p["b"], 3, axis=-1)
+    a = _sigmoid(p["lambda"]) ** (8.0 * _sigmoid(k_r))
+    h = a * carry + np.sqrt(1.0 - a * a) * (_sigmoid(k_i) * u)
+    return h, h
+  assert name == "lru"  # s' = lambda s + gamma (x B); y = Re(s C) + x D
+  _, s_re, s_im = carry
+  lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
+  b_re, b_im = np.split(p["w_x"], 2, axis=1)
+  s = lam * (s_re + 1j * s_im) + np.exp(p["gamma_log"]) * (x @ b_re + 1j * (x @ b_im))
+  y = (s @ (p["w_c_re"] + 1j * p["w_c_im"])).real + x @ p["w_d"]
+  return (y, s.real, s.imag), y
+
+
 def _np_run(cell_id, params, xs, lengths, reverse, mask, carry0=None):
   """Each sequence alone on its real steps: (final carry leaves [batch, hidden], ys)."""
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
   x = np.asarray(xs, np.float64)
   m = np.ones((BATCH, HIDDEN)) if mask is None else np.asarray(mask, np.float64)
-  lstm = CELLS[cell_id][0] in ("lstm", "rnn_miswired_pair")  # Two-part carries.
+  parts = len(jax.tree.leaves(cells.get(CELLS[cell_id][0], **CELLS[cell_id][1]).zero_carry(1, HIDDEN)))
+  lstm = parts > 1  # Carries of several parts (LSTM, the miswired pair, LRU).
   ys, finals = np.zeros((BATCH, TIME, HIDDEN)), []
   for b, n in enumerate(_lengths_of(lengths)):
     if carry0 is None:
-      carry = (np.zeros((1, HIDDEN)),) * 2 if lstm else np.zeros((1, HIDDEN))
+      carry = (np.zeros((1, HIDDEN)),) * parts if lstm else np.zeros((1, HIDDEN))
     else:
       carry = jax.tree.map(lambda c: np.asarray(c[b:b + 1], np.float64), carry0)
     for s in range(n):
@@ -395,17 +460,20 @@ def _assert_grads_match(got, want, lengths, reverse, with_carry0=False, without_
 
 # ----------------------------------------------------------------------------- the grid
 
-@pytest.mark.parametrize("r", range(16), ids=_row_id)
-@pytest.mark.parametrize("cell_id", list(CELLS))
-def test_scan_matches_each_sequence_alone(cell_id, r):
+@pytest.mark.parametrize("cell_id,scan_mode,r", _grid())
+def test_scan_matches_each_sequence_alone(cell_id, scan_mode, r):
   row, setup = ROWS[r], _setup(cell_id)
   lengths = LENGTHS if row["lengths"] else None
   xs = _with_garbage(setup.xs, lengths)
   probes = _zero_probes(setup.cell) if row["probes"] else None
   mask = setup.mask if row["mask"] else None
-  carry, ys, grads = _scan(setup, xs, probes, lengths, mask, reverse=row["reverse"],
-                           truncation=row["truncation"], remat=row["remat"],
-                           unroll=row["unroll"])
+  options = dict(reverse=row["reverse"], truncation=row["truncation"], remat=row["remat"],
+                 unroll=row["unroll"], scan_mode=scan_mode)
+  if mask is not None and _is_linear(cell_id):  # h enters no matmul: nothing to mask.
+    with pytest.raises(ValueError, match="recurrent dropout"):
+      _scan(setup, xs, probes, lengths, mask, **options)
+    mask, row = None, {**row, "mask": False}
+  carry, ys, grads = _scan(setup, xs, probes, lengths, mask, **options)
 
   # Values: float64 NumPy from the equations, each sequence alone.
   want_carry, want_ys = _np_run(cell_id, setup.params, setup.xs, lengths, row["reverse"], mask)
