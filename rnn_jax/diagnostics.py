@@ -189,7 +189,17 @@ _SUMMARISED = {"lstm": ("forget", "input", "output"), "gru": ("update", "reset")
 
 
 def gate_function(model: models.SequenceModel):
-  """gates(params, carry, x) for the model's cell, or None for cells without gates."""
+  """gates(params, carry, x) for the model's cell, or None for cells without gates.
+
+  A linear recurrence h' = a h + b gets {"retain": |a|}, the fraction of the state kept per
+  step (1 - z for minGRU, the normalised f' for minLSTM, a_t for RG-LRU, |lambda| for the
+  LRU): straight from the cell's own coefficients, since they are the whole story of its
+  memory."""
+  linear = model.recurrent_cell.linear
+  if linear is not None:
+    def retain(params, carry, x):
+      return {"retain": jnp.abs(linear.coefficients(params, x[..., None, :])[0][..., 0, :])}
+    return retain
   make = GATE_FUNCTIONS.get(model.cell)
   return None if make is None else make(dict(model.cell_options))
 
@@ -201,10 +211,11 @@ def gate_statistics(model: models.SequenceModel, params: dict[str, Any], batch: 
   Re-runs the forward pass, evaluating the gate equations at every step on the carry the
   cell actually had. Averages over batch, hidden units and valid steps (steps past a sequence's
   length and rows with mask 0 excluded). Keys "layer{l}/{gate}_mean" and
-  "layer{l}/{gate}_saturated". Returns {} for cells without gates (rnn, irnn).
+  "layer{l}/{gate}_saturated". Returns {} for cells without gates (rnn, irnn) and for
+  residual stacks (their layers read normalised inputs, which this does not recompute).
   """
   gates_fn = gate_function(model)
-  if gates_fn is None:
+  if gates_fn is None or model.block != "plain":  # Residual blocks: inputs are normalised.
     return {}
   cell = model.recurrent_cell
   inputs = jnp.asarray(batch["inputs"])
@@ -229,7 +240,7 @@ def gate_statistics(model: models.SequenceModel, params: dict[str, Any], batch: 
     # Past a sequence's length the carry differs from recurrent.scan's frozen one, but those
     # steps are masked out of the statistics below.
     _, gate_seq = jax.lax.scan(body, carry0, jnp.swapaxes(xs, 0, 1))  # [time, batch, hidden]
-    for name in _SUMMARISED[model.cell]:
+    for name in _SUMMARISED.get(model.cell, ("retain",)):
       g = gate_seq[name]
       stats[f"layer{index}/{name}_mean"] = jnp.sum(g.mean(-1) * valid) / count
       saturated = ((g < low) | (g > high)).astype(g.dtype).mean(-1)

@@ -95,6 +95,11 @@ class SequenceModel:
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
     recurrent.resolve_scan_mode(self.recurrent_cell, self.scan_mode)  # Also: unknown cells.
+    if self.recurrent_dropout_rate > 0 and self.recurrent_cell.linear is not None:
+      raise ValueError(f"recurrent_dropout_rate={self.recurrent_dropout_rate}: cell "
+                       f"{self.cell!r} reads h in no matmul (its gates read the input only), "
+                       "so there is nothing for recurrent dropout to mask. Set it to 0; "
+                       "dropout_rate still acts on the inputs and outputs.")
 
   @property
   def recurrent_cell(self) -> cells.Cell:

@@ -13,7 +13,8 @@ import pytest
 from configs import base
 from rnn_jax import cells, models, recurrent, train
 
-CELLS = ["rnn", "irnn", "lstm", "gru", "mgu", "rnn_miswired_pair"]
+CELLS = ["rnn", "irnn", "lstm", "gru", "mgu", "rnn_miswired_pair", "mingru", "minlstm", "lru",
+         "rglru"]
 TOLERANCE = 3e-2  # bfloat16 keeps 8 bits: ~0.4% per rounding, a few roundings per step.
 
 

@@ -517,23 +517,27 @@ def test_truncation_at_least_every_length_is_full_bptt(cell_id, lengths, k, reve
 
 # ----------------------------------------------------------------------------- initial carry
 
-@pytest.mark.parametrize("cell_id", ["lstm-peephole-cifg", "gru", "mgu"])
-def test_initial_carry_meets_padding_reverse_truncation_and_probes(cell_id):
-  """A given initial carry, with everything else on: its gradient reaches each row only
-  through that row's first window (k = 2; the length-1 row, which has no cut, also through
-  its final carry)."""
+@pytest.mark.parametrize("cell_id,scan_mode", [
+    ("lstm-peephole-cifg", "step"), ("gru", "step"), ("mgu", "step"),
+    ("mingru", "chunked"), ("rglru", "parallel"), ("lru", "sequential")])
+def test_initial_carry_meets_padding_reverse_truncation_and_probes(cell_id, scan_mode):
+  """A given initial carry (the language model's carried state), with everything else on:
+  its gradient reaches each row only through that row's first window (k = 2; the length-1
+  row, which has no cut, also through its final carry)."""
   setup = _setup(cell_id)
+  mask = None if _is_linear(cell_id) else setup.mask  # Linear cells: nothing to mask.
   xs, probes = _with_garbage(setup.xs, LENGTHS), _zero_probes(setup.cell)
-  carry, ys, grads = _scan(setup, xs, probes, LENGTHS, setup.mask, setup.carry0, reverse=True,
-                           truncation=2, remat=True, unroll=3)
-  want_carry, want_ys = _np_run(cell_id, setup.params, setup.xs, LENGTHS, True, setup.mask,
+  carry, ys, grads = _scan(setup, xs, probes, LENGTHS, mask, setup.carry0, reverse=True,
+                           truncation=2, remat=True, unroll=3, scan_mode=scan_mode)
+  want_carry, want_ys = _np_run(cell_id, setup.params, setup.xs, LENGTHS, True, mask,
                                 setup.carry0)
   _assert_close(ys, want_ys, "ys", atol=1e-5)
   for i, (got, want) in enumerate(zip(jax.tree.leaves(carry), want_carry, strict=True)):
     _assert_close(got, want, f"final carry part {i}", atol=1e-5)
-  want = _ref_grads(cell_id, LENGTHS, True, 2, True, True, with_carry0=True)
+  want = _ref_grads(cell_id, LENGTHS, True, 2, mask is not None, True, with_carry0=True)
   _assert_grads_match(grads, want, LENGTHS, True, with_carry0=True, without_final=(
-      functools.partial(_without_final, cell_id, 0, LENGTHS, True, 2, True, True)))
+      functools.partial(_without_final, cell_id, 0, LENGTHS, True, 2, mask is not None,
+                        True)))
 
 
 # ----------------------------------------------------------------------------- a known bug

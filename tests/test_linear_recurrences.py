@@ -1,0 +1,301 @@
+"""The linear recurrences (minGRU, minLSTM, RG-LRU, LRU), their scans and the residual block.
+
+References written from the equations, not from rnn_jax's code: a float64 NumPy loop for
+h_t = a_t h_{t-1} + b_t; the float64 NumPy cell steps of test_scan_intersections (the
+papers' equations) inside a NumPy residual block, each sequence run alone at its own length.
+The scan options where these cells meet lengths, reverse, truncation, remat and probes are in
+test_scan_intersections' grid; here: long sequences, the block, initialisations, the
+training engine (devices, dropout, vmapped seeds, the language model) and clear errors.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from rnn_jax import cells, data, models, recurrent, train
+
+from test_scan_intersections import _np_step
+from test_train import run, tiny_config
+
+LINEAR = ("mingru", "minlstm", "rglru", "lru")
+MODES = ("sequential", "chunked", "parallel")
+
+
+# ----------------------------------------------------------------------------- linear_scan
+
+def _np_linear(a, b, h0):
+  h, out = h0.copy(), np.zeros_like(b)
+  for t in range(len(a)):
+    h = a[t] * h + b[t]
+    out[t] = h
+  return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("time", [1, 2, 7, 50, 1000])
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_linear_scan_matches_a_float64_loop(mode, time, complex_):
+  """Every mode, any T (also T = 1, 2 and T not a multiple of the chunk), real and complex
+  coefficients; a_t spans (0, 1) with exact zeros (resets) and values near 1 (long memory),
+  so products over 1,000 steps underflow in some units and not in others."""
+  rng = np.random.default_rng(time)
+  shape = (time, 3, 5)
+  a = rng.uniform(0.0, 1.0, shape) ** 0.05  # Mostly near 1 ...
+  a[rng.random(shape) < 0.02] = 0.0         # ... with some resets.
+  b = rng.standard_normal(shape)
+  h0 = rng.standard_normal(shape[1:])
+  if complex_:
+    a = a * np.exp(1j * rng.uniform(0, 2 * np.pi, shape))
+    b = b + 1j * rng.standard_normal(shape)
+    h0 = h0 + 1j * rng.standard_normal(shape[1:])
+  want = _np_linear(a, b, h0)
+  dtype = jnp.complex64 if complex_ else jnp.float32
+  got = recurrent.linear_scan(jnp.asarray(a, dtype), jnp.asarray(b, dtype),
+                              jnp.asarray(h0, dtype), mode)
+  scale = np.abs(want).max()
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_modes_agree_on_a_long_padded_batch_with_truncation(name):
+  """T = 600, lengths down to 1, reverse, truncation k = 50, a loss on every output and the
+  final carry: values and gradients of every whole-sequence mode equal the cell's step run in
+  a loop ("step", which the grid pins to the NumPy equations)."""
+  cell = cells.get(name)
+  params = cell.init(jax.random.key(0), 6, 8)
+  xs = jax.random.normal(jax.random.key(1), (4, 600, 6))
+  lengths = jnp.array([600, 417, 50, 1])
+  weights = jax.random.normal(jax.random.key(2), (4, 600, 8))
+
+  def loss(params, mode):
+    carry, ys = recurrent.scan(cell, params, xs, lengths=lengths, reverse=True, truncation=50,
+                               scan_mode=mode)
+    return jnp.sum(weights * ys) + sum(jnp.sum(c) for c in jax.tree.leaves(carry))
+
+  results = {mode: jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, mode)
+             for mode in ("step",) + MODES}
+  want_value, want_grad = results["step"]
+  for mode in MODES:
+    value, grad = results[mode]
+    np.testing.assert_allclose(value, want_value, rtol=1e-5, err_msg=mode)
+    for g, w in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
+      np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-4 * float(jnp.abs(w).max()),
+                                 err_msg=mode)
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+def test_lru_starts_on_its_ring_with_normalised_inputs():
+  cell = cells.get("lru", r_min=0.5, r_max=0.9, max_phase=math.pi / 4)
+  params = cell.init(jax.random.key(0), 3, 512)
+  lam = np.exp(-np.exp(np.asarray(params["nu_log"])) + 1j * np.exp(
+      np.asarray(params["theta_log"])))
+  assert 0.5 - 1e-6 <= np.abs(lam).min() and np.abs(lam).max() <= 0.9 + 1e-6
+  assert np.angle(lam).min() >= 0 and np.angle(lam).max() <= math.pi / 4 + 1e-6
+  # Uniform on the ring's area: |lambda|^2 ~ U(r_min^2, r_max^2).
+  assert abs(np.mean(np.abs(lam) ** 2) - (0.25 + 0.81) / 2) < 0.03
+  np.testing.assert_allclose(np.exp(params["gamma_log"]), np.sqrt(1 - np.abs(lam) ** 2),
+                             rtol=1e-5)
+
+
+def test_rglru_decay_starts_in_its_ring():
+  params = cells.get("rglru", r_min=0.9, r_max=0.999).init(jax.random.key(0), 3, 512)
+  a = 1 / (1 + np.exp(-np.asarray(params["lambda"], np.float64)))
+  assert 0.9 - 1e-5 <= a.min() and a.max() <= 0.999 + 1e-5
+
+
+def test_chrono_init_gives_the_min_cells_long_memories():
+  """mingru's retain 1 - z and minlstm's normalised f' start near 1 with chrono init."""
+  x = jnp.zeros((1, 1, 4))
+  for name in ("mingru", "minlstm"):
+    plain = cells.get(name).init(jax.random.key(0), 4, 256)
+    chrono = cells.get(name, chrono_init=1000).init(jax.random.key(0), 4, 256)
+    a_plain = cells.get(name).linear.coefficients(plain, x)[0]
+    a_chrono = cells.get(name).linear.coefficients(chrono, x)[0]
+    np.testing.assert_allclose(a_plain, 0.5, atol=1e-6)
+    assert float(jnp.median(a_chrono)) > 0.99, name
+
+
+@pytest.mark.parametrize("name,options,message", [
+    ("lru", {"r_min": 0.9, "r_max": 0.5}, "0 <= r_min < r_max < 1"),
+    ("lru", {"r_max": 1.0}, "0 <= r_min < r_max < 1"),
+    ("lru", {"max_phase": 0.0}, "max_phase"),
+    ("rglru", {"r_min": -0.1}, "0 <= r_min < r_max < 1"),
+    ("mingru", {"chrono_init": 1}, "chrono_init=1"),
+])
+def test_bad_cell_options_say_what_to_use(name, options, message):
+  with pytest.raises(ValueError, match=message):
+    cells.get(name, **options)
+
+
+def test_positive_candidate_is_the_papers_g():
+  v = jnp.array([-3.0, -0.5, 0.0, 0.5, 3.0])
+  np.testing.assert_allclose(cells.positive_candidate(v),
+                             [1 / (1 + np.exp(3.0)), 1 / (1 + np.exp(0.5)), 0.5, 1.0, 3.5],
+                             rtol=1e-6)
+
+
+def test_rglru_gradient_stays_finite_where_a_reaches_1():
+  """sqrt(1 - a^2) at a = 1 (r = 0): its derivative is capped, so the gradient is finite."""
+  cell = cells.get("rglru")
+  params = cell.init(jax.random.key(0), 2, 4)
+  params["b"] = params["b"].at[:4].set(-1e4)  # r = sigmoid(-1e4) = 0: a_t = 1 exactly.
+  xs = jnp.ones((1, 5, 2))
+  grad = jax.grad(lambda p: recurrent.scan(cell, p, xs)[1].sum())(params)
+  assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grad))
+
+
+# ----------------------------------------------------------------------------- residual block
+
+def _np_rms(x, scale):
+  return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6) * scale
+
+
+def _np_gelu(x):  # jax.nn.gelu's default, the tanh approximation.
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _np_cell_run(cell_id, p, xs):
+  """One sequence xs [L, in] through a cell from the zero carry: outputs [L, hidden]."""
+  cell = cells.get(cell_id)
+  parts = len(jax.tree.leaves(cell.zero_carry(1, 1)))
+  hidden = cell.hidden_size(p)
+  carry = tuple(np.zeros((1, hidden)) for _ in range(parts))
+  carry = carry if parts > 1 else carry[0]
+  ys = []
+  for x in xs:
+    carry, y = _np_step(cell_id, p, carry, x[None], np.ones((1, hidden)))
+    ys.append(y[0])
+  return np.stack(ys)
+
+
+def _np_model(model, params, xs, n):
+  """The residual stack and head, float64, on one sequence's n real steps."""
+  p = jax.tree.map(lambda v: np.asarray(v, np.float64), params)
+  h = xs[:n]
+  for layer in p["rnn"]:
+    block = layer["block"]
+    if "w_in" in block:
+      h = h @ block["w_in"]
+    normed = _np_rms(h, block["norm"])
+    r = _np_cell_run(model.cell, layer["fwd"], normed)
+    if "bwd" in layer:
+      r = np.concatenate([r, _np_cell_run(model.cell, layer["bwd"], normed[::-1])[::-1]], -1)
+      r = r @ block["w_mix"]
+    h = h + r
+    m = _np_rms(h, block["mlp_norm"])
+    h = h + (_np_gelu(m @ block["w_gate"]) * (m @ block["w_up"])) @ block["w_down"]
+    if "out_norm" in block:
+      h = _np_rms(h, block["out_norm"])
+  pooled = h[n - 1] if model.readout == "last" else h.mean(0)
+  return pooled @ p["head"]["w"] + p["head"]["b"], h
+
+
+@pytest.mark.parametrize("cell", ["mingru", "lru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_residual_stack_matches_each_sequence_alone(cell, bidirectional):
+  """Two residual layers (any cell, classic ones included), padding full of garbage: the
+  logits and every real step's output are the NumPy block's on that sequence alone; outputs
+  past a length and the gradient reaching the padding are exactly 0."""
+  model = models.SequenceModel(cell=cell, input_size=3, hidden_size=6, num_layers=2,
+                               num_outputs=4, block="residual", bidirectional=bidirectional,
+                               readout="mean" if bidirectional else "last")
+  params = jax.tree.map(lambda v: v + 0.05, model.init(jax.random.key(0)))
+  lengths = np.array([7, 4, 1])
+  xs = np.asarray(jax.random.normal(jax.random.key(1), (3, 7, 3)))
+  garbage = np.where(np.arange(7)[None, :, None] < lengths[:, None, None], xs, 1e3)
+  logits = model.apply(params, jnp.asarray(garbage, jnp.float32), jnp.asarray(lengths))
+  _, outputs = model.features(params, jnp.asarray(garbage, jnp.float32), jnp.asarray(lengths))
+  for b, n in enumerate(lengths):
+    want_logits, want_h = _np_model(model, params, xs[b].astype(np.float64), n)
+    np.testing.assert_allclose(logits[b], want_logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(outputs[b, :n], want_h, rtol=1e-4, atol=1e-4)
+    assert np.all(np.asarray(outputs[b, n:]) == 0.0)
+  grad = jax.grad(lambda x: model.apply(params, x, jnp.asarray(lengths)).sum())(
+      jnp.asarray(garbage, jnp.float32))
+  for b, n in enumerate(lengths):
+    assert np.all(np.asarray(grad[b, n:]) == 0.0)
+    assert np.abs(np.asarray(grad[b, :n])).max() > 0
+
+
+def test_bidirectional_residual_last_readout_is_refused():
+  with pytest.raises(ValueError, match="use readout 'mean'"):
+    models.SequenceModel(cell="mingru", block="residual", bidirectional=True, readout="last")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"cell": "lstm", "scan_mode": "parallel"}, "needs a cell whose recurrence is linear"),
+    ({"cell": "mingru", "scan_mode": "fast"}, "scan_mode=.fast. is not one of"),
+    ({"cell": "mingru", "recurrent_dropout_rate": 0.2}, "nothing for recurrent dropout"),
+    ({"cell": "mingru", "block": "resnet"}, "block=.resnet. is not one of"),
+    ({"cell": "lru", "cell_options": {"r_max": 1.5}}, "0 <= r_min < r_max < 1"),
+])
+def test_config_errors_for_the_new_options_are_clear(tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    run(tiny_config(**overrides), tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------- training
+
+@pytest.mark.parametrize("cell,block,scan_mode", [
+    ("mingru", "residual", "chunked"), ("minlstm", "plain", "parallel"),
+    ("rglru", "residual", "sequential"), ("lru", "residual", "auto"),
+    ("gru", "residual", "auto")])
+def test_a_config_trains_and_resumes(tmp_path, cell, block, scan_mode):
+  """launch's path end to end on mock data: train, evaluate, resume to a longer budget."""
+  config = tiny_config(cell=cell, block=block, scan_mode=scan_mode, num_epochs=1)
+  first = run(config, tmp_path)
+  assert np.isfinite(first["test_loss"]) and first["epochs"] == 1
+  config.num_epochs = 2
+  second = run(config, tmp_path)
+  assert second["epochs"] == 2 and second["resumed_from_step"] == first["steps"] > 0
+  assert second["steps"] == 2 * first["steps"] and np.isfinite(second["test_loss"])
+
+
+def test_scan_mode_is_how_not_what_a_run_resumes_in_another(tmp_path):
+  """scan_mode changes how the same function is computed: a run may resume in another
+  mode, and its parameters match a run trained in one mode throughout (to float rounding)."""
+  first = tiny_config(cell="lru", block="residual", scan_mode="parallel", num_epochs=1)
+  run(first, tmp_path / "switched")
+  run(tiny_config(cell="lru", block="residual", scan_mode="sequential", num_epochs=2),
+      tmp_path / "switched")
+  run(tiny_config(cell="lru", block="residual", scan_mode="parallel", num_epochs=2),
+      tmp_path / "straight")
+  from test_train import latest_params
+  a = latest_params(tmp_path / "switched", first)
+  b = latest_params(tmp_path / "straight", first)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["mingru", "lru"])
+def test_jit_sharded_and_pmap_agree_with_dropout_on(cell):
+  """A residual stack of linear recurrences with dropout on 4 devices: the three ways to use
+  them train the same parameters, and dropout does act."""
+  assert jax.device_count() == 4
+  config = tiny_config(cell=cell, block="residual", batch_size=32, dropout_rate=0.3,
+                       num_layers=2, variational_dropout=True)
+  with tfds.testing.mock_data(num_examples=128):
+    task = data.load(config)
+  batches = [b for _, b in zip(range(3), task.train_batches(0))]
+  model = train.build_model(config, task)
+  tx, schedule = train.build_optimizer(config, 10)
+  results = {}
+  for mode, m in (("jit", model), ("sharded", model), ("pmap", model),
+                  ("no dropout", dataclasses.replace(model, dropout_rate=0.0))):
+    runner = train.Runner("jit" if mode == "no dropout" else mode, m, tx, schedule)
+    state = runner.put_state(train.create_train_state(m, tx, seed=0))
+    for batch in batches:
+      state, _ = runner.train(state, batch)
+    results[mode] = runner.get_state(state).params
+  assert not np.allclose(results["jit"]["head"]["w"], results["no dropout"]["head"]["w"],
+                         atol=1e-4)
+  for mode in ("sharded", "pmap"):
+    for a, b in zip(jax.tree.leaves(results["jit"]), jax.tree.leaves(results[mode])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=mode)
