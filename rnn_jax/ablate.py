@@ -355,7 +355,11 @@ def write_tables(rows: list[dict[str, Any]], workdir: str, metrics: Sequence[str
 
 def write_plots(sweep: ml_collections.ConfigDict, workdir: str,
                 rows: list[dict[str, Any]]) -> list[str]:
-  """learning_curves.png, summary.png and grad_norm_through_time.png under workdir/plots."""
+  """learning_curves.png, summary.png and grad_norm_through_time.png under workdir/plots.
+
+  The learning curves are drawn against epochs and against training seconds (the epochs'
+  summed `epoch_time_s`: evaluation and pauses between resumed sessions left out; vmapped seeds
+  train together, so it is the time of all seeds of the setting), for time to accuracy."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
@@ -377,9 +381,9 @@ def write_plots(sweep: ml_collections.ConfigDict, workdir: str,
                     color=palette[names.index(label) % len(palette)])
     ax.fill_between(xs[:length], mean - std, mean + std, alpha=0.2, color=line.get_color())
 
-  fig = Figure(figsize=(12, 4.5), layout="constrained")
+  fig = Figure(figsize=(17, 4.5), layout="constrained")
   FigureCanvasAgg(fig)
-  ax_loss, ax_val = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+  ax_loss, ax_val, ax_time = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
   grads = {}
   for name in names:
     dirs = [run_dir(workdir, name, s) for s in sweep.seeds]
@@ -393,6 +397,8 @@ def write_plots(sweep: ml_collections.ConfigDict, workdir: str,
     if epoch_runs and all(epoch_runs) and all(curve in r for run in epoch_runs for r in run):
       band(ax_val, [r["epoch"] for r in epoch_runs[0]],
            [[r[curve] for r in run] for run in epoch_runs], name)
+      band(ax_time, np.cumsum([r.get("epoch_time_s", np.nan) for r in epoch_runs[0]]),
+           [[r[curve] for r in run] for run in epoch_runs], name)
     norms = []
     for d in dirs:
       path = os.path.join(d, "diagnostics.json")
@@ -404,7 +410,9 @@ def write_plots(sweep: ml_collections.ConfigDict, workdir: str,
   ax_loss.set(title="Training loss (mean ± std over seeds)", xlabel="step", ylabel="loss")
   ax_val.set(title=f"{sweep.curve_metric} (mean ± std over seeds)", xlabel="epoch",
              ylabel=sweep.curve_metric)
-  for ax in (ax_loss, ax_val):
+  ax_time.set(title=f"{sweep.curve_metric} against time", xlabel="training seconds",
+              ylabel=sweep.curve_metric)
+  for ax in (ax_loss, ax_val, ax_time):
     ax.grid(alpha=0.3)
     if ax.lines:
       ax.legend(fontsize=7)
