@@ -34,6 +34,14 @@ Params = dict[str, jax.Array]
 Carry = Any  # jax.Array [batch, hidden] or a tuple of them whose first element is h.
 
 
+def _state_is_carry(carry):
+  return carry
+
+
+def _output_is_state(params, h, x):
+  return h, h
+
+
 @dataclasses.dataclass(frozen=True)
 class LinearRecurrence:
   """A recurrence linear in its state, with coefficients that read the input only:
@@ -47,13 +55,15 @@ class LinearRecurrence:
   Attributes:
     coefficients: (params, xs [..., time, input]) -> (a, b), each [..., time, state]; real,
       or complex (the LRU).
-    state: carry -> h [..., state], the state inside a carry; linear in the carry.
+    state: carry -> h [..., state], the state inside a carry; linear in the carry. Default:
+      the carry is the state.
     emit: (params, h [..., state], x [..., input]) -> (carry, y): the carry and the output
       once the state is h; elementwise over the leading axes (so it also takes a time axis).
+      Default: both are h.
   """
   coefficients: Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]]
-  state: Callable[[Any], jax.Array]
-  emit: Callable[[Params, jax.Array, jax.Array], tuple[Any, jax.Array]]
+  state: Callable[[Any], jax.Array] = _state_is_carry
+  emit: Callable[[Params, jax.Array, jax.Array], tuple[Any, jax.Array]] = _output_is_state
 
   def step(self, params: Params, carry: Any, x: jax.Array,
            h_mask: jax.Array | None = None) -> tuple[Any, jax.Array]:
@@ -602,17 +612,9 @@ def _input_gate_params(key, input_size: int, hidden_size: int, num_gates: int) -
           "b": jnp.zeros((num_gates * hidden_size,))}
 
 
-def _hidden_is_output(params: Params, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  return h, h
-
-
 def _linear_cell(name: str, num_gates: int, carry_size: int, init, linear: LinearRecurrence,
                  options: tuple[tuple[str, Any], ...]) -> Cell:
   return Cell(name, num_gates, carry_size, init, linear.step, options, linear=linear)
-
-
-def _identity(carry):
-  return carry
 
 
 @register("mingru")
@@ -643,8 +645,7 @@ def mingru(positive: bool = True, chrono_init: int = 0) -> Cell:
     z = jax.nn.sigmoid(k_z)
     return 1.0 - z, z * candidate(k_h)
 
-  return _linear_cell("mingru", 2, 1, init,
-                      LinearRecurrence(coefficients, _identity, _hidden_is_output),
+  return _linear_cell("mingru", 2, 1, init, LinearRecurrence(coefficients),
                       (("positive", positive), ("chrono_init", chrono_init)))
 
 
@@ -678,8 +679,7 @@ def minlstm(positive: bool = True, normalize: bool = True, chrono_init: int = 0)
       f, i = f / (f + i), i / (f + i)
     return f, i * candidate(k_h)
 
-  return _linear_cell("minlstm", 3, 1, init,
-                      LinearRecurrence(coefficients, _identity, _hidden_is_output),
+  return _linear_cell("minlstm", 3, 1, init, LinearRecurrence(coefficients),
                       (("positive", positive), ("normalize", normalize),
                        ("chrono_init", chrono_init)))
 
@@ -733,8 +733,7 @@ def rglru(c: float = 8.0, r_min: float = 0.9, r_max: float = 0.999) -> Cell:
     scale = sqrt_bounded_derivative(-jnp.expm1(2.0 * log_a))  # sqrt(1 - a^2), accurately.
     return jnp.exp(log_a), scale * jax.nn.sigmoid(k_i) * u
 
-  return _linear_cell("rglru", 3, 1, init,
-                      LinearRecurrence(coefficients, _identity, _hidden_is_output),
+  return _linear_cell("rglru", 3, 1, init, LinearRecurrence(coefficients),
                       (("c", c), ("r_min", r_min), ("r_max", r_max)))
 
 

@@ -94,7 +94,7 @@ class SequenceModel:
     for name in ("input_size", "hidden_size", "num_layers", "num_outputs"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-    recurrent.resolve_scan_mode(self.recurrent_cell, self.scan_mode)  # Also: unknown cells.
+    recurrent.check_scan_mode(self.recurrent_cell, self.scan_mode)  # Also: unknown cells.
     if self.recurrent_dropout_rate > 0 and self.recurrent_cell.linear is not None:
       raise ValueError(f"recurrent_dropout_rate={self.recurrent_dropout_rate}: cell "
                        f"{self.cell!r} reads h in no matmul (its gates read the input only), "

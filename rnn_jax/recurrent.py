@@ -78,7 +78,7 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
       loss reaches back to the start of its k-step window, windows aligned to the end of the
       sequence (the last step's loss reaches back exactly k steps). The forward pass is
       unchanged. None or k >= time: full BPTT, bit for bit.
-    unroll: `lax.scan`'s unroll factor.
+    unroll: `lax.scan`'s unroll factor (of the loop over `cell.step`).
     remat: rematerialise each step in the backward pass (`jax.checkpoint`): only the carries are
       stored, so activation memory per step drops to the carry's size, at some extra compute.
     recurrent_mask: [batch, hidden] multiplier for h where it enters the recurrent matmuls
@@ -172,10 +172,9 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
 SCAN_MODES = ("auto", "step", "sequential", "chunked", "parallel")
 
 
-def resolve_scan_mode(cell: Cell, scan_mode: str) -> str:
-  """The evaluation `scan` uses for `cell`: "step" for cells without a linear recurrence;
-  for those with one, `scan_mode`, where "auto" is "parallel" on accelerators and "chunked"
-  on CPU. ValueError for an unknown mode, or a linear-only mode with a classic cell."""
+def check_scan_mode(cell: Cell, scan_mode: str) -> None:
+  """ValueError for an unknown mode, or a linear-recurrence mode with a classic cell. Starts
+  no JAX backend (configs are checked before `jax.distributed.initialize`)."""
   if scan_mode not in SCAN_MODES:
     raise ValueError(f"scan_mode must be one of {', '.join(SCAN_MODES)}, got {scan_mode!r}.")
   if cell.linear is None:
@@ -183,6 +182,14 @@ def resolve_scan_mode(cell: Cell, scan_mode: str) -> str:
       raise ValueError(f"scan_mode={scan_mode!r} needs a cell whose recurrence is linear in "
                        f"its state (mingru, minlstm, lru, rglru); cell {cell.name!r} runs its "
                        "step in a loop: use scan_mode 'auto' or 'step'.")
+
+
+def resolve_scan_mode(cell: Cell, scan_mode: str) -> str:
+  """The evaluation `scan` uses for `cell`: "step" for cells without a linear recurrence;
+  for those with one, `scan_mode`, where "auto" is "parallel" on accelerators and "chunked"
+  on CPU (where it measured fastest: docs/performance.md)."""
+  check_scan_mode(cell, scan_mode)
+  if cell.linear is None:
     return "step"
   if scan_mode == "auto":
     return "chunked" if jax.default_backend() == "cpu" else "parallel"

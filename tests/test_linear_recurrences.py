@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from rnn_jax import cells, data, models, recurrent, train
+from rnn_jax import cells, data, lm, models, recurrent, train
 
 from test_scan_intersections import _np_step
 from test_train import run, tiny_config
@@ -299,3 +299,39 @@ def test_jit_sharded_and_pmap_agree_with_dropout_on(cell):
   for mode in ("sharded", "pmap"):
     for a, b in zip(jax.tree.leaves(results["jit"]), jax.tree.leaves(results[mode])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=mode)
+
+
+# ----------------------------------------------------------------------------- language model
+
+@pytest.mark.parametrize("cell,block,scan_mode", [("mingru", "residual", "chunked"),
+                                                  ("lru", "plain", "parallel"),
+                                                  ("rglru", "residual", "sequential")])
+def test_lm_windows_with_carried_state_equal_one_long_pass(cell, block, scan_mode):
+  """The language model reads a stream in windows, each starting from the last's final
+  carries: two windows of 5 give the outputs of one pass over all 10 tokens."""
+  from test_engine import _lm_config
+  model = lm.build_model(_lm_config(cell=cell, block=block, scan_mode=scan_mode,
+                                    num_layers=2))
+  params = model.init(jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (3, 10), 2, 16)
+  _, whole = model.features(params, tokens, initial_carries=lm.zero_carries(model, 3))
+  carries, first = model.features(params, tokens[:, :5],
+                                  initial_carries=lm.zero_carries(model, 3))
+  _, second = model.features(params, tokens[:, 5:], initial_carries=carries)
+  np.testing.assert_allclose(jnp.concatenate([first, second], 1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_lm_of_linear_recurrences_resumes_mid_epoch_exactly(tmp_path):
+  """As for the classic cells: stopped at window 23 of 59 and extended, the run ends with the
+  parameters of one that never stopped (its carries come back from the checkpoint)."""
+  from test_engine import _final_state, _lm_config, _streams
+  streams = _streams()
+  whole = _lm_config(max_steps=59, cell="minlstm", block="residual")
+  lm.train_lm(whole, str(tmp_path / "whole"), streams=streams)
+  lm.train_lm(_lm_config(max_steps=23, cell="minlstm", block="residual"),
+              str(tmp_path / "resumed"), streams=streams)
+  summary = lm.train_lm(whole, str(tmp_path / "resumed"), streams=streams)
+  assert summary["resumed_from_step"] == 23 and summary["steps"] == 59
+  (a, _), (b, _) = (_final_state(str(tmp_path / d), whole) for d in ("whole", "resumed"))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
