@@ -674,9 +674,11 @@ def minlstm(positive: bool = True, normalize: bool = True, chrono_init: int = 0)
 
   def coefficients(params, xs):
     k_f, k_i, k_h = jnp.split(matmul(xs, params["w_x"]) + params["b"], 3, axis=-1)
-    f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
-    if normalize:
-      f, i = f / (f + i), i / (f + i)
+    if normalize:  # f / (f + i) = sigmoid(log f - log i): no 0 / 0 where both underflow.
+      log_f, log_i = -jax.nn.softplus(-k_f), -jax.nn.softplus(-k_i)
+      f, i = jax.nn.sigmoid(log_f - log_i), jax.nn.sigmoid(log_i - log_f)
+    else:
+      f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
     return f, i * candidate(k_h)
 
   return _linear_cell("minlstm", 3, 1, init, LinearRecurrence(coefficients),
@@ -701,7 +703,7 @@ def sqrt_bounded_derivative(v: jax.Array) -> jax.Array:
 @sqrt_bounded_derivative.defjvp
 def _sqrt_bounded_derivative_jvp(primals, tangents):
   (v,), (dv,) = primals, tangents
-  return jnp.sqrt(v), dv / (2.0 * jnp.sqrt(jnp.maximum(v, 1e-6)))
+  return jnp.sqrt(v), dv / (2.0 * jnp.sqrt(jnp.maximum(v, 2.5e-7)))  # <= 1000 dv.
 
 
 @register("rglru")

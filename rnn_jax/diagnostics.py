@@ -43,7 +43,7 @@ def zero_probes(model: models.SequenceModel, params: dict[str, Any], batch_size:
   for layer in params["rnn"]:
     per_dir = {d: jax.tree.map(lambda c: jnp.zeros((time,) + c.shape, dtype),
                                cell.zero_carry(batch_size, cell.hidden_size(p), dtype))
-               for d, p in layer.items()}
+               for d, p in layer.items() if d in ("fwd", "bwd")}  # Not a residual "block".
     probes.append(per_dir["fwd"] if len(per_dir) == 1 else per_dir)
   return probes
 

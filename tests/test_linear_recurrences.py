@@ -335,3 +335,34 @@ def test_lm_of_linear_recurrences_resumes_mid_epoch_exactly(tmp_path):
   (a, _), (b, _) = (_final_state(str(tmp_path / d), whole) for d in ("whole", "resumed"))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_minlstm_normalisation_is_finite_where_both_gates_underflow():
+  """f / (f + i) with f = i = 0 in float32 would be 0 / 0: computed from the logs, it is
+  the limit, 1 / (1 + exp(k_i - k_f))."""
+  cell = cells.get("minlstm")
+  params = cell.init(jax.random.key(0), 2, 3)
+  params["b"] = params["b"].at[:6].set(jnp.array([-200.0, -200.0, -300.0, -201.0, -200.0,
+                                                  -300.0]))
+  a, b = cell.linear.coefficients(params, jnp.zeros((1, 1, 2)))
+  np.testing.assert_allclose(a[0, 0], [1 / (1 + np.exp(-1.0)), 0.5, 0.5], rtol=1e-6)
+  assert bool(jnp.isfinite(b).all())
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gradient_diagnostics_of_a_residual_stack(bidirectional):
+  """dL/dh_t through the recurrences of a residual stack (the probes live in each layer's
+  recurrence, next to the block's params): one entry per step, finite, zero past a length."""
+  from rnn_jax import diagnostics
+  model = models.SequenceModel(cell="lru", input_size=3, hidden_size=5, num_layers=2,
+                               block="residual", bidirectional=bidirectional, readout="mean")
+  params = model.init(jax.random.key(0))
+  batch = {"inputs": jax.random.normal(jax.random.key(1), (4, 9, 3)),
+           "labels": jnp.array([0, 1, 2, 3]), "lengths": jnp.array([9, 6, 3, 9])}
+  grads = diagnostics.carry_gradients(model, params, batch)
+  top = grads[-1]["fwd"] if bidirectional else grads[-1]
+  h = np.asarray(cells.hidden_of(top))  # [time, batch, hidden]
+  assert h.shape == (9, 4, 5) and np.isfinite(h).all()
+  assert np.all(h[3:, 2] == 0.0) and np.abs(h[:3, 2]).max() > 0
+  norms = diagnostics.gradient_norm_through_time(model, params, batch)
+  assert norms.shape == (9,) and bool(jnp.isfinite(norms).all())
