@@ -256,8 +256,8 @@ def _scan_linear(linear: cells_lib.LinearRecurrence, params: Params, xs: jax.Arr
   """
   batch, time = xs.shape[:2]
   weights = cells_lib.cast_weights(params, compute_dtype)  # Once: one matmul for all steps.
-  a, b = linear.coefficients(weights, xs)                  # [batch, time, state]
-  a, b = jnp.swapaxes(a, 0, 1), jnp.swapaxes(b, 0, 1)      # time-major
+  xs = jnp.swapaxes(xs, 0, 1)  # Time-major before the projection: xs is the narrowest array.
+  a, b = linear.coefficients(weights, xs)                  # [time, batch, state]
   h0 = linear.state(carry)
   if probes is not None:
     b = b + linear.state(probes)
@@ -273,7 +273,7 @@ def _scan_linear(linear: cells_lib.LinearRecurrence, params: Params, xs: jax.Arr
   hs = linear_scan(a, b, h0, scan_mode)                    # [time, batch, state]
   if probes is not None:  # A step's output sees its state before the step's probe.
     hs = hs - linear.state(probes)
-  carries, ys = linear.emit(weights, hs, jnp.swapaxes(xs, 0, 1))
+  carries, ys = linear.emit(weights, hs, xs)
   if probes is not None:
     carries = jax.tree.map(jnp.add, carries, probes)
     ys = ys + cells_lib.hidden_of(probes)

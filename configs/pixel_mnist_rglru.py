@@ -1,0 +1,24 @@
+"""Sequential (pixel) MNIST, RG-LRU: 784 steps of one pixel each, two layers of 64 units.
+
+  python launch.py --config=configs/pixel_mnist_rglru.py --workdir=runs/pixel_rglru
+
+The RG-LRU's decay starts at sigmoid(Lambda) in [0.9, 0.999] (memories of tens to a thousand
+steps) and its gates read only the pixel, so its recurrence is an input projection and a
+scan of products and sums. Read-out: the mean of the top layer's outputs. The measured
+result, its runtime and what the LSTM and IRNN reach in that time are in docs/results.md.
+"""
+
+from configs import pixel_mnist_lstm
+
+
+def get_config():
+  config = pixel_mnist_lstm.get_config()
+  config.cell = "rglru"
+  config.num_layers = 2
+  config.hidden_size = 64
+  config.readout = "mean"
+  config.learning_rate = 2e-3
+  config.lr_schedule = "warmup_cosine"
+  config.warmup_steps = 100
+  config.num_epochs = 1
+  return config
