@@ -20,5 +20,5 @@ def get_config():
   config.learning_rate = 2e-3
   config.lr_schedule = "warmup_cosine"
   config.warmup_steps = 100
-  config.num_epochs = 1
+  config.num_epochs = 3
   return config
