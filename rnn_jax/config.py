@@ -89,7 +89,7 @@ def _running_fields(c: ml_collections.ConfigDict) -> None:
   c.remat = False                # Recompute each step in the backward pass (less memory).
   c.scan_mode = "auto"           # Linear-recurrence cells (mingru, minlstm, lru, rglru):
                                  # 'sequential' | 'chunked' | 'parallel' | 'step'; 'auto' =
-                                 # chunked on CPU, parallel on GPU/TPU. Same function.
+                                 # sequential on CPU, parallel on GPU/TPU. Same function.
 
 
 def _fields(fill) -> frozenset[str]:

@@ -100,7 +100,7 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
       coefficients, "chunked": exact two-level scan (within chunks of ~sqrt(T) steps, then
       across them: ~2 sqrt(T) loop iterations), "parallel": `lax.associative_scan`, depth
       O(log T), "step": `cell.step` in the loop like every other cell. "auto": "parallel" on
-      GPU and TPU, "chunked" on CPU (the fastest there, see docs/performance.md). Cells
+      GPU and TPU, "sequential" on CPU (the fastest there, see docs/performance.md). Cells
       without `linear` always run "step" ("auto" or "step").
 
   Returns:
@@ -186,13 +186,13 @@ def check_scan_mode(cell: Cell, scan_mode: str) -> None:
 
 def resolve_scan_mode(cell: Cell, scan_mode: str) -> str:
   """The evaluation `scan` uses for `cell`: "step" for cells without a linear recurrence;
-  for those with one, `scan_mode`, where "auto" is "parallel" on accelerators and "chunked"
-  on CPU (where it measured fastest: docs/performance.md)."""
+  for those with one, `scan_mode`, where "auto" is "parallel" on accelerators and
+  "sequential" on CPU (where it measured fastest: docs/performance.md)."""
   check_scan_mode(cell, scan_mode)
   if cell.linear is None:
     return "step"
   if scan_mode == "auto":
-    return "chunked" if jax.default_backend() == "cpu" else "parallel"
+    return "sequential" if jax.default_backend() == "cpu" else "parallel"
   return scan_mode
 
 
