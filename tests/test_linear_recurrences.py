@@ -9,6 +9,7 @@ training engine (devices, dropout, vmapped seeds, the language model) and clear 
 """
 
 import dataclasses
+import json
 import math
 
 import jax
@@ -366,3 +367,25 @@ def test_gradient_diagnostics_of_a_residual_stack(bidirectional):
   assert np.all(h[3:, 2] == 0.0) and np.abs(h[:3, 2]).max() > 0
   norms = diagnostics.gradient_norm_through_time(model, params, batch)
   assert norms.shape == (9,) and bool(jnp.isfinite(norms).all())
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+def test_vmapped_seeds_of_a_residual_lru_equal_a_run_on_its_own(tmp_path):
+  """A sweep's seeds train together under jax.vmap: seed 1 of a residual LRU stack (with
+  dropout) ends with the parameters train_and_evaluate gives it alone; the final diagnostics
+  (gradient through time, retain statistics not for residual stacks) are written."""
+  from test_ablate import _final_params, _sweep
+  from rnn_jax import ablate
+  sweep = _sweep({"cell": ["lru"], "block": ["residual"], "num_layers": [2]})
+  workdir = str(tmp_path / "sweep")
+  ablate.run_sweep(sweep, workdir)
+  (name, overrides), = ablate.settings(sweep)
+  config = ablate.run_config(sweep.base, overrides, 1)
+  train.train_and_evaluate(config, str(tmp_path / "alone"))
+  got, got_step = _final_params(config, ablate.run_dir(workdir, name, 1))
+  want, want_step = _final_params(config, str(tmp_path / "alone"))
+  assert got_step == want_step > 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), got, want)
+  with open(f"{ablate.run_dir(workdir, name, 0)}/diagnostics.json") as f:
+    assert len(json.load(f)["grad_norm_through_time"]) == 10
