@@ -1,16 +1,16 @@
 """Modern linear recurrences against the classic cells on the adding problem at T = 1000.
 
   python -m rnn_jax.ablate --config=configs/ablate_modern_vs_classic.py --workdir=runs/modern
-  python -m rnn_jax.ablate --config=configs/ablate_modern_vs_classic.py:mingru,minlstm,1000 \
-      --workdir=runs/modern      # the same cells with chrono_init=1000
+  python -m rnn_jax.ablate --config=configs/ablate_modern_vs_classic.py:mingru,chrono=1000 \
+      --workdir=runs/modern      # minGRU with chrono_init=1000
 
 Cells rglru, mingru and minlstm (gates from the input only) beside lstm, gru and irnn, each
 from its usual init, in the setting of ablate_adding.py: one layer of 64 units, 3 seeds
 vmapped per cell, 2,000 updates of batch 50. The MSE baseline of predicting 1.0 is 1/6 ~=
 0.167; `configs/ablate_adding.py` shows every classic cell stuck there from T = 500.
 
-The arguments: the cells (comma-separated), and a chrono_init T_max (0 = off) for cells that
-take it (mingru, minlstm, lstm, gru). The LRU is not in the default list: the task needs the
+The argument: the cells, comma-separated, and optionally `chrono=T_max`, the chrono_init of
+the cells that take it (mingru, minlstm, lstm, gru). The LRU is not in the default list: the task needs the
 product of a value and its marker, and a state linear in the inputs (LRU: s = sum of
 lambda^k B x) cannot form it; it needs a block with an MLP before its recurrence
 (`block="residual"`, two layers), which costs ~5x the budget here. minGRU, minLSTM and RG-LRU
@@ -24,13 +24,12 @@ from configs import ablate_adding
 CELLS = ("lstm", "gru", "irnn", "mingru", "minlstm", "rglru")
 
 
-def get_config(cells: str = ",".join(CELLS), chrono_init: int = 0,
-               sequence_length: int = 1000):
+def get_config(arg: str = ",".join(CELLS), sequence_length: int = 1000):
+  cells = [c for c in arg.split(",") if not c.startswith("chrono=")]
+  chrono = [int(c.split("=")[1]) for c in arg.split(",") if c.startswith("chrono=")]
   config = ablate_adding.get_config()
   del config["sweep"]  # Its dict type would refuse the tuple of pairs below.
   # Tuple of pairs: a dotted field name cannot be a ConfigDict key.
-  sweep = [("cell", cells.split(","))]
-  if int(chrono_init):
-    sweep.append(("cell_options.chrono_init", [int(chrono_init)]))
+  sweep = [("cell", cells)] + [("cell_options.chrono_init", chrono)] * bool(chrono)
   config.sweep = tuple(sweep + [("sequence_length", [int(sequence_length)])])
   return config
