@@ -64,13 +64,15 @@ def _is_linear(cell_id):
 
 def _grid():
   """(cell id, scan mode, row) params: every row for every cell, the linear cells in each of
-  their modes. "sequential" (the CPU default) runs every row by default; the other two
-  modes every fourth row by default and the rest with the slow tests."""
+  their modes. The linear cells' default options in "sequential" (the CPU default) run every
+  row by default; their other modes and option variants every fourth row by default and the
+  rest with the slow tests."""
   cases = []
   for cell_id in CELLS:
     for mode in (LINEAR_MODES if _is_linear(cell_id) else ("step",)):
       for r in range(16):
-        slow = mode in ("chunked", "parallel") and r % 4 != 0
+        variant = _is_linear(cell_id) and CELLS[cell_id][1]
+        slow = (mode in ("chunked", "parallel") or variant) and r % 4 != 0
         cases.append(pytest.param(cell_id, mode, r, id=f"{cell_id}-{mode}-{_row_id(r)}",
                                   marks=[pytest.mark.slow] if slow else []))
   return cases
