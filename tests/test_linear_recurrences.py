@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from rnn_jax import cells, data, lm, models, recurrent, train
+from rnn_jax import ablate, cells, data, diagnostics, lm, models, recurrent, train
 
+from test_ablate import _final_params, _sweep
+from test_engine import _final_state, _lm_config, _streams
 from test_scan_intersections import _np_step
-from test_train import run, tiny_config
+from test_train import latest_params, run, tiny_config
+from test_train_intersections import params_after_training_in_modes
 
 LINEAR = ("mingru", "minlstm", "rglru", "lru")
 MODES = ("sequential", "chunked", "parallel")
@@ -268,7 +271,6 @@ def test_scan_mode_is_how_not_what_a_run_resumes_in_another(tmp_path):
       tmp_path / "switched")
   run(tiny_config(cell="lru", block="residual", scan_mode="parallel", num_epochs=2),
       tmp_path / "straight")
-  from test_train import latest_params
   a = latest_params(tmp_path / "switched", first)
   b = latest_params(tmp_path / "straight", first)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -286,15 +288,9 @@ def test_jit_sharded_and_pmap_agree_with_dropout_on(cell):
     task = data.load(config)
   batches = [b for _, b in zip(range(3), task.train_batches(0))]
   model = train.build_model(config, task)
-  tx, schedule = train.build_optimizer(config, 10)
-  results = {}
-  for mode, m in (("jit", model), ("sharded", model), ("pmap", model),
-                  ("no dropout", dataclasses.replace(model, dropout_rate=0.0))):
-    runner = train.Runner("jit" if mode == "no dropout" else mode, m, tx, schedule)
-    state = runner.put_state(train.create_train_state(m, tx, seed=0))
-    for batch in batches:
-      state, _ = runner.train(state, batch)
-    results[mode] = runner.get_state(state).params
+  results = params_after_training_in_modes(config, model, batches)
+  results["no dropout"] = params_after_training_in_modes(
+      config, dataclasses.replace(model, dropout_rate=0.0), batches, ("jit",))["jit"]
   assert not np.allclose(results["jit"]["head"]["w"], results["no dropout"]["head"]["w"],
                          atol=1e-4)
   for mode in ("sharded", "pmap"):
@@ -310,7 +306,6 @@ def test_jit_sharded_and_pmap_agree_with_dropout_on(cell):
 def test_lm_windows_with_carried_state_equal_one_long_pass(cell, block, scan_mode):
   """The language model reads a stream in windows, each starting from the last's final
   carries: two windows of 5 give the outputs of one pass over all 10 tokens."""
-  from test_engine import _lm_config
   model = lm.build_model(_lm_config(cell=cell, block=block, scan_mode=scan_mode,
                                     num_layers=2))
   params = model.init(jax.random.key(0))
@@ -325,7 +320,6 @@ def test_lm_windows_with_carried_state_equal_one_long_pass(cell, block, scan_mod
 def test_lm_of_linear_recurrences_resumes_mid_epoch_exactly(tmp_path):
   """As for the classic cells: stopped at window 23 of 59 and extended, the run ends with the
   parameters of one that never stopped (its carries come back from the checkpoint)."""
-  from test_engine import _final_state, _lm_config, _streams
   streams = _streams()
   whole = _lm_config(max_steps=59, cell="minlstm", block="residual")
   lm.train_lm(whole, str(tmp_path / "whole"), streams=streams)
@@ -354,7 +348,6 @@ def test_minlstm_normalisation_is_finite_where_both_gates_underflow():
 def test_gradient_diagnostics_of_a_residual_stack(bidirectional):
   """dL/dh_t through the recurrences of a residual stack (the probes live in each layer's
   recurrence, next to the block's params): one entry per step, finite, zero past a length."""
-  from rnn_jax import diagnostics
   model = models.SequenceModel(cell="lru", input_size=3, hidden_size=5, num_layers=2,
                                block="residual", bidirectional=bidirectional, readout="mean")
   params = model.init(jax.random.key(0))
@@ -375,8 +368,6 @@ def test_vmapped_seeds_of_a_residual_lru_equal_a_run_on_its_own(tmp_path):
   """A sweep's seeds train together under jax.vmap: seed 1 of a residual LRU stack (with
   dropout) ends with the parameters train_and_evaluate gives it alone; the final diagnostics
   (gradient through time, retain statistics not for residual stacks) are written."""
-  from test_ablate import _final_params, _sweep
-  from rnn_jax import ablate
   sweep = _sweep({"cell": ["lru"], "block": ["residual"], "num_layers": [2]})
   workdir = str(tmp_path / "sweep")
   ablate.run_sweep(sweep, workdir)

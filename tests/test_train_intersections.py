@@ -25,6 +25,19 @@ from test_train import latest_params, run, tiny_config
 
 # ----------------------------------------------------------------------------- dropout x devices
 
+def params_after_training_in_modes(config, model, batches, modes=("jit", "sharded", "pmap")):
+  """{mode: params} after training `model` from seed 0 on `batches` in each device mode."""
+  tx, schedule = train.build_optimizer(config, 10)
+  results = {}
+  for mode in modes:
+    runner = train.Runner(mode, model, tx, schedule)
+    state = runner.put_state(train.create_train_state(model, tx, seed=0))
+    for batch in batches:
+      state, _ = runner.train(state, batch)
+    results[mode] = runner.get_state(state).params
+  return results
+
+
 @pytest.mark.parametrize("dataset", ["mnist", "imdb_reviews"])
 def test_jit_sharded_and_pmap_agree_with_dropout_on(dataset):
   """Dropout masks depend on the example (its index in the global batch), not on which device
@@ -36,20 +49,9 @@ def test_jit_sharded_and_pmap_agree_with_dropout_on(dataset):
     task = data.load(config)
   batches = [b for _, b in zip(range(3), task.train_batches(0))]
   model = train.build_model(config, task)
-  tx, schedule = train.build_optimizer(config, 10)
-  results = {}
-  for mode in ("jit", "sharded", "pmap"):
-    runner = train.Runner(mode, model, tx, schedule)
-    state = runner.put_state(train.create_train_state(model, tx, seed=0))
-    for batch in batches:
-      state, _ = runner.train(state, batch)
-    results[mode] = runner.get_state(state).params
+  results = params_after_training_in_modes(config, model, batches)
   plain_model = dataclasses.replace(model, dropout_rate=0.0, recurrent_dropout_rate=0.0)
-  runner = train.Runner("jit", plain_model, tx, schedule)
-  plain = runner.put_state(train.create_train_state(plain_model, tx, seed=0))
-  for batch in batches:
-    plain, _ = runner.train(plain, batch)
-  plain = runner.get_state(plain).params
+  plain = params_after_training_in_modes(config, plain_model, batches, ("jit",))["jit"]
   # Dropout is on (the runs differ from a run without it) ...
   assert not np.allclose(results["jit"]["head"]["w"], plain["head"]["w"], atol=1e-4)
   # ... and the same in every mode.
