@@ -34,6 +34,11 @@ Params = dict[str, jax.Array]
 Carry = Any  # jax.Array [batch, hidden] or a tuple of them whose first element is h.
 
 
+NO_RECURRENT_MATMUL = ("This cell's gates read the input only: h enters no matmul, so there is "
+                       "nothing for recurrent dropout to mask. Set recurrent_dropout_rate to 0 "
+                       "(dropout_rate still applies to inputs and outputs).")
+
+
 def _state_is_carry(carry):
   return carry
 
@@ -69,9 +74,7 @@ class LinearRecurrence:
            h_mask: jax.Array | None = None) -> tuple[Any, jax.Array]:
     """One step, `Cell.step`'s contract: the same coefficients for a one-step sequence."""
     if h_mask is not None:
-      raise ValueError("This cell's gates read the input only: h enters no matmul, so there "
-                       "is nothing for recurrent dropout to mask. Set recurrent_dropout_rate "
-                       "to 0 (dropout_rate still applies to inputs and outputs).")
+      raise ValueError(NO_RECURRENT_MATMUL)
     a, b = self.coefficients(params, x[..., None, :])
     return self.emit(params, a[..., 0, :] * self.state(carry) + b[..., 0, :], x)
 

@@ -127,7 +127,7 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
     params = cell.prepare(params)
   if scan_mode != "step":
     if recurrent_mask is not None:
-      cell.linear.step(params, carry, xs[:, 0], h_mask=recurrent_mask)  # Raises why.
+      raise ValueError(cells_lib.NO_RECURRENT_MATMUL)
     run = functools.partial(_scan_linear, cell.linear, scan_mode=scan_mode,
                             compute_dtype=compute_dtype)
     if remat:  # Keep only the inputs; recompute coefficients, states and outputs backwards.
