@@ -91,14 +91,16 @@ def _plot(rows, path: str) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   series = sorted({(cell, mode) for _, cell, mode, _, _ in rows},
                   key=lambda s: (s[0] not in CLASSIC, s))
-  styles = {"step": "-", "sequential": ":", "chunked": "-", "parallel": "--"}
+  styles = {"step": "-", "sequential": "-", "chunked": "--", "parallel": ":"}
+  colours = dict(zip(CLASSIC + LINEAR, plt.get_cmap("tab10").colors))  # One colour per cell.
   for cell, mode in series:
     points = [(t, ms, mib) for t, c, m, ms, mib in rows if (c, m) == (cell, mode)]
     ts = [p[0] for p in points]
     label = cell if mode == "step" else f"{cell} {mode}"
     width = 2.5 if cell in CLASSIC else 1.2
     for ax, values in zip(axes, ([p[1] for p in points], [p[2] for p in points])):
-      ax.plot(ts, values, styles[mode], marker="o", linewidth=width, label=label)
+      ax.plot(ts, values, styles[mode], marker="o", linewidth=width, label=label,
+              color=colours.get(cell))
   for ax, what in zip(axes, ("ms per training step", "XLA temp memory (MiB)")):
     ax.set_xscale("log")
     ax.set_yscale("log")
