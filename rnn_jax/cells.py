@@ -238,11 +238,15 @@ def _input_weights(key, input_size: int, width: int, kind: str = "glorot") -> ja
   raise ValueError(f"Unknown input_init {kind!r}; use 'glorot' or 'small_normal'.")
 
 
-def _dense_params(key, input_size, hidden, num_gates, recurrent_init="orthogonal",
-                  recurrent_scale=1.0, input_init="glorot") -> Params:
-  for name, value in (("input_size", input_size), ("hidden_size", hidden)):
+def _check_sizes(input_size, hidden_size) -> None:
+  for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
       raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+
+
+def _dense_params(key, input_size, hidden, num_gates, recurrent_init="orthogonal",
+                  recurrent_scale=1.0, input_init="glorot") -> Params:
+  _check_sizes(input_size, hidden)
   kx, kh = jax.random.split(key)
   if recurrent_init == "joint_glorot":
     # TF1's BasicRNNCell / LSTMCell default: one Glorot-uniform kernel over the concatenated
@@ -608,9 +612,7 @@ def positive_candidate(v: jax.Array) -> jax.Array:
 
 def _input_gate_params(key, input_size: int, hidden_size: int, num_gates: int) -> Params:
   """w_x [input, G*hidden] (Glorot), b [G*hidden] zeros: every gate from x alone."""
-  for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-      raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+  _check_sizes(input_size, hidden_size)
   return {"w_x": _input_weights(key, input_size, num_gates * hidden_size),
           "b": jnp.zeros((num_gates * hidden_size,))}
 
@@ -764,9 +766,7 @@ def lru(r_min: float = 0.9, r_max: float = 0.999, max_phase: float = 6.283) -> C
                      "[0, max_phase]; use a value in (0, 2 pi].")
 
   def init(key, input_size, hidden_size):
-    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    _check_sizes(input_size, hidden_size)
     ku, kp, kb, kc, kd = jax.random.split(key, 5)
     u = jax.random.uniform(ku, (hidden_size,))
     nu_log = jnp.log(-0.5 * jnp.log(u * (r_max ** 2 - r_min ** 2) + r_min ** 2))

@@ -166,8 +166,8 @@ class SequenceModel:
       k_features, k_readout = recurrent.split_keys(recurrent.example_keys(key, len(inputs)), 2)
     finals, ys = self.features(params, inputs, lengths, key=k_features, probes=probes)
     if self.readout == "last" and self.block == "residual":  # The block's output, not a carry.
-      last = jnp.zeros(len(ys), jnp.int32) + ys.shape[1] - 1 if lengths is None else (
-          jnp.maximum(jnp.asarray(lengths) - 1, 0))
+      last = (jnp.full(len(ys), ys.shape[1] - 1) if lengths is None
+              else jnp.maximum(jnp.asarray(lengths) - 1, 0))
       pooled = ys[jnp.arange(len(ys)), last]
     elif self.readout == "last":
       top = finals[-1]
