@@ -1,6 +1,6 @@
 """Training-step time with bfloat16 matmuls (`compute_dtype`) against float32, same process.
 
-    python -m benchmarks.mixed_precision [--rounds 7] [--steps 5] [--cells rnn,lstm,gru,mgu]
+    python -m benchmarks.mixed_precision [--rounds 7] [--steps 5] [--cells rnn,lstm,gru,mgu,...]
 
 For each cell and shape (row MNIST: 28 steps x 28 features, hidden 128; IMDB: 80 tokens,
 embedding 100, hidden 64; batch 128, Adam), the real `train.train_step` is compiled for both
@@ -25,7 +25,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--cells", default="rnn,lstm,gru,mgu")
+  parser.add_argument("--cells", default="rnn,lstm,gru,mgu,mingru,minlstm,rglru,lru")
   args = parser.parse_args()
   from rnn_jax import cli
   cli.setup_process()
