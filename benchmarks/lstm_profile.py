@@ -1,6 +1,7 @@
 """Where an rnn_jax LSTM training step spends its time, by op class, beside PyTorch's.
 
   python -m benchmarks.lstm_profile [--shape mnist_lstm] [--rounds 9] [--steps 20] [--out F]
+                                    [--compute-dtype bfloat16]
 
 Three measurements in one run, so the numbers can be compared with each other:
 1. The step time of rnn_jax and PyTorch, one process per framework, rounds interleaved
@@ -153,7 +154,7 @@ def classify(instructions: dict, name: str, loop: str | None, input_size: int) -
 
 # ----------------------------------------------------------------------------- rnn_jax
 
-def profile_rnn_jax(shape: str, steps: int) -> dict:
+def profile_rnn_jax(shape: str, steps: int, compute_dtype: str = "float32") -> dict:
   """Traces `steps` train steps; returns ms per step per class, FLOPs per class, step ms."""
   from rnn_jax import cli
   cli.setup_process()
@@ -162,7 +163,8 @@ def profile_rnn_jax(shape: str, steps: int) -> dict:
   from rnn_jax import models, train
   cell, kind, length, size, embed, hidden, outputs, batch_size = speed.SHAPES[shape]
   model = models.SequenceModel(cell=cell, input_kind=kind, input_size=size, embed_size=embed,
-                               hidden_size=hidden, num_outputs=outputs)
+                               hidden_size=hidden, num_outputs=outputs,
+                               compute_dtype=compute_dtype)
   tx, schedule = train.build_optimizer(base.get_config(), 10_000)
   runner = train.Runner("jit", model, tx, schedule)
   state = runner.put_state(train.create_train_state(model, tx, 0))
@@ -294,10 +296,11 @@ def _torch_profile_in_subprocess(shape: str, steps: int) -> list | None:
 
 # ----------------------------------------------------------------------------- report
 
-def report(shape: str, timing: dict, jax_profile: dict, torch_ops: list | None) -> str:
+def report(shape: str, timing: dict, jax_profile: dict, torch_ops: list | None,
+           compute_dtype: str = "float32") -> str:
   ms, flops = jax_profile["ms"], jax_profile["flops"]
   traced = jax_profile["traced_step_ms"]
-  lines = [f"## {shape}: one training step, float32", ""]
+  lines = [f"## {shape}: one training step, compute dtype {compute_dtype}", ""]
   if "torch" in timing:
     ratio = timing["torch"]["ms"] / timing["rnn_jax"]["ms"]
     lines += [f"Interleaved timing: rnn_jax {timing['rnn_jax']['ms']:.2f} ms, PyTorch "
@@ -336,15 +339,21 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=9, help="Interleaved timing rounds.")
   parser.add_argument("--steps", type=int, default=20, help="Steps per round and per profile.")
   parser.add_argument("--out", help="Also write the Markdown report to this file.")
+  parser.add_argument("--compute-dtype", default="float32",
+                      help="rnn_jax's matmul dtype (e.g. bfloat16); other than float32 only the "
+                      "rnn_jax profile runs (the PyTorch step is float32).")
   parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.torch_worker:
     print(json.dumps(profile_torch(args.shape, args.steps)))
     return
-  frameworks = ["rnn_jax"] + (["torch"] if speed.torch_available() else [])
-  timing = speed.bench_shape(args.shape, frameworks, args.rounds, args.steps)
-  torch_ops = _torch_profile_in_subprocess(args.shape, args.steps)
-  text = report(args.shape, timing, profile_rnn_jax(args.shape, args.steps), torch_ops)
+  timing, torch_ops = {}, None
+  if args.compute_dtype == "float32":
+    frameworks = ["rnn_jax"] + (["torch"] if speed.torch_available() else [])
+    timing = speed.bench_shape(args.shape, frameworks, args.rounds, args.steps)
+    torch_ops = _torch_profile_in_subprocess(args.shape, args.steps)
+  profile = profile_rnn_jax(args.shape, args.steps, args.compute_dtype)
+  text = report(args.shape, timing, profile, torch_ops, args.compute_dtype)
   print(text)
   if args.out:
     with open(args.out, "w") as f:

@@ -300,6 +300,18 @@ def matmul(a: jax.Array, w: jax.Array) -> jax.Array:
   """
   if w.dtype not in LOW_PRECISION:
     return a @ w
+  return _low_precision_matmul(a, w)
+
+
+@jax.checkpoint
+def _low_precision_matmul(a: jax.Array, w: jax.Array) -> jax.Array:
+  # Rematerialised so that the backward pass keeps `a` as it came (float32) and casts it
+  # again, instead of keeping its low-precision copy. Inside a scan those kept values are
+  # stacked over time with a dynamic-update-slice at every step, and XLA:CPU has no native
+  # bfloat16 one: it converts the whole [T, ...] stack to float32 and back at each step,
+  # O(T^2) work that made bfloat16 steps 3-7x slower than float32 on CPU
+  # (`python -m benchmarks.lstm_profile --compute-dtype bfloat16` shows it). The cast is all
+  # that is recomputed; the matmul's result is not needed by its own gradient.
   return jnp.matmul(a.astype(w.dtype), w, preferred_element_type=jnp.float32)
 
 

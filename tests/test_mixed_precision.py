@@ -3,6 +3,7 @@ else float32. Each cell against its float32 run, with the scan's options; the ca
 drift; a training step matches the float32 one; the LSTM's written-out derivative holds."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -217,3 +218,40 @@ def test_bfloat16_with_dropout_gives_the_same_update_on_1_and_4_devices():
     a, b = updates["jit"], updates[mode]
     assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.9999, mode
     np.testing.assert_allclose(np.linalg.norm(b), np.linalg.norm(a), rtol=1e-3, err_msg=mode)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn"])
+def test_the_backward_pass_stacks_no_bfloat16_arrays_over_time(name):
+  """What the scan keeps for the backward pass, it stacks over time with a
+  dynamic-update-slice at every step. XLA:CPU has no native bfloat16 one and converts the
+  whole [T, ...] stack at each step instead (O(T^2)); `cells.matmul` therefore keeps its
+  float32 input, so no instruction in a loop of the compiled training step may produce a
+  bfloat16 array with T leading. Read from the compiled HLO (benchmarks/lstm_profile.py)."""
+  from benchmarks import lstm_profile
+  steps = 23  # A length no other dimension here has.
+  model = models.SequenceModel(cell=name, input_kind="features", input_size=5, hidden_size=16,
+                               num_outputs=3, compute_dtype="bfloat16")
+  tx, schedule = train.build_optimizer(base.get_config(), 100)
+  runner = train.Runner("jit", model, tx, schedule)
+  state = runner.put_state(train.create_train_state(model, tx, 0))
+  batch = {"inputs": jax.device_put(np.ones((4, steps, 5), np.float32)),
+           "labels": jax.device_put(np.zeros((4,), np.int32))}
+  runner.compile(state, batch)
+  text = runner._compiled[train._shapes(batch)].as_text()
+  instructions = lstm_profile.parse_hlo(text)
+  in_loops = set().union(*lstm_profile.loop_bodies(instructions).values())
+  assert in_loops, "no loop found in the compiled step"
+  stacked = [name for name, (computation, _, dims, _, _) in instructions.items()
+             if computation in in_loops and dims[:1] == (steps,)
+             and re.search(rf"%{re.escape(name)} = bf16\[", text)]
+  assert not stacked, f"bfloat16 stacks over time inside the loops: {stacked}"
+
+
+def test_bfloat16_matmul_keeps_forward_mode():
+  """The rematerialised low-precision matmul still has a JVP (forward mode, Hessians)."""
+  w = jax.random.normal(jax.random.PRNGKey(0), (6, 4)).astype(jnp.bfloat16)
+  a = jax.random.normal(jax.random.PRNGKey(1), (3, 6))
+  da = jax.random.normal(jax.random.PRNGKey(2), (3, 6))
+  _, tangent = jax.jvp(lambda a: cells.matmul(a, w), (a,), (da,))
+  expected = np.asarray(da.astype(jnp.bfloat16), np.float64) @ np.asarray(w, np.float64)
+  np.testing.assert_allclose(tangent, expected, rtol=1e-5, atol=1e-5)
