@@ -46,12 +46,15 @@ CLASSES = (
     "input gradient dg W_x^T (backward)",
     "weight gradients h^T dg, x^T dg (backward, every step)",
     "elementwise in the loops (gates, state update, their derivatives)",
-    "data movement in the loops (slices, stacking residuals, copies)",
+    "data movement in the loops (slices, stacking residuals, copies, casts)",
     "outside the loops (head, loss, Adam, transposes)",
-    "loop overhead (dispatch, loop conditions, waiting)",
+    "loop overhead (per-iteration dispatch and loop conditions)",
+    "between the loops and steps (dispatch, waiting)",
 )
-_MOVEMENT = re.compile(r"dynamic-slice|dynamic-update-slice|^copy|^bitcast$|^slice|concatenate|"
-                       r"transpose|^tuple|get-tuple-element|broadcast$")
+# Instructions that only move or reinterpret data; a fusion of nothing else is data movement.
+MOVEMENT_OPS = {"bitcast", "broadcast", "concatenate", "constant", "convert", "copy",
+                "dynamic-slice", "dynamic-update-slice", "get-tuple-element", "iota",
+                "pad", "parameter", "reshape", "slice", "transpose", "tuple"}
 
 
 # ----------------------------------------------------------------------------- the HLO
@@ -71,32 +74,46 @@ def parse_hlo(text: str) -> dict:
       instructions[name] = (computation, opcode,
                             tuple(int(d) for d in dims.split(",") if d),
                             re.findall(r"%([\w.-]+)", operands), attributes)
-    else:  # Tuple-shaped results (while loops): the computation they call.
+    else:  # Tuple-shaped results (while loops, multi-output fusions).
       match = re.match(r"^\s*(?:ROOT )?%?([\w.-]+) = \(.*\) (\w[\w-]*)\(.*\), (.*)$", line)
       if match and computation:
         instructions[match.group(1)] = (computation, match.group(2), (), [], match.group(3))
   return instructions
 
 
-def loop_bodies(instructions: dict) -> dict:
-  """{while instruction name: set of the computations its body runs (nested calls included)}."""
-  calls = collections.defaultdict(set)
-  for computation, _, _, _, attributes in instructions.values():
-    for called in re.findall(r"(?:body|condition|calls|to_apply)=%?([\w.-]+)", attributes):
-      calls[computation].add(called)
-  loops = {}
-  for name, (_, opcode, _, _, attributes) in instructions.items():
-    if opcode != "while":
-      continue
-    body = re.search(r"body=%?([\w.-]+)", attributes).group(1)
-    reached, frontier = {body}, [body]
-    while frontier:
-      for called in calls[frontier.pop()]:
-        if called not in reached:
-          reached.add(called)
+def _by_computation(instructions: dict) -> dict:
+  members = collections.defaultdict(list)
+  for name, (computation, *_rest) in instructions.items():
+    members[computation].append(name)
+  return members
+
+
+def _called(attributes: str, keys: str = "calls|to_apply") -> list[str]:
+  return re.findall(rf"(?:{keys})=%?([\w.-]+)", attributes)
+
+
+def fused_instructions(instructions: dict, name: str, members: dict | None = None) -> list[str]:
+  """The instructions a fusion (or reduce, map, ...) runs inside it, nested calls included."""
+  members = members or _by_computation(instructions)
+  found, frontier = [], _called(instructions[name][4])
+  seen = set(frontier)
+  while frontier:
+    for inner in members[frontier.pop()]:
+      found.append(inner)
+      for called in _called(instructions[inner][4]):
+        if called not in seen:
+          seen.add(called)
           frontier.append(called)
-    loops[name] = reached
-  return loops
+  return found
+
+
+def matmuls_of(instructions: dict, name: str, members: dict | None = None) -> list[str]:
+  """The dots an executed instruction runs: itself, or those fused into it (XLA:CPU may fuse a
+  dot with its neighbours, e.g. YNNPACK fusions, unless `cli.setup_process` turned them off)."""
+  if instructions[name][1] == "dot":
+    return [name]
+  return [inner for inner in fused_instructions(instructions, name, members)
+          if instructions[inner][1] == "dot"]
 
 
 def _contracts_batch(attributes: str) -> bool:
@@ -104,19 +121,29 @@ def _contracts_batch(attributes: str) -> bool:
   return "lhs_contracting_dims={0}" in attributes and "rhs_contracting_dims={0}" in attributes
 
 
-def loop_roles(instructions: dict, loops: dict) -> dict:
-  """{computation: "forward" | "backward"} for every computation run inside a loop.
+def loop_instructions(instructions: dict) -> dict:
+  """{instruction name: "forward" | "backward"} for the instructions each loop executes
+  (those of its body, not the ones fused inside them), plus {while name: role} for the loops.
 
   The backward scan is the loop that accumulates weight gradients (dots contracting the batch);
-  the forward scan has none.
+  the forward scan has none. Nested loops take the role of the loop around them.
   """
+  members = _by_computation(instructions)
   roles = {}
-  for computations in loops.values():
-    backward = any(opcode == "dot" and _contracts_batch(attributes)
-                   for computation, opcode, _, _, attributes in instructions.values()
-                   if computation in computations)
-    for computation in computations:
-      roles.setdefault(computation, "backward" if backward else "forward")
+  for name, (_, opcode, _, _, attributes) in instructions.items():
+    if opcode != "while" or name in roles:
+      continue
+    executed, frontier = [], [re.search(r"body=%?([\w.-]+)", attributes).group(1)]
+    while frontier:  # The body, and the bodies of loops nested in it.
+      for inner in members[frontier.pop()]:
+        executed.append(inner)
+        if instructions[inner][1] == "while":
+          frontier += _called(instructions[inner][4], "body")
+    dots = [d for inner in executed for d in matmuls_of(instructions, inner, members)]
+    role = ("backward" if any(_contracts_batch(instructions[d][4]) for d in dots)
+            else "forward")
+    roles.update({inner: role for inner in executed})
+    roles[name] = role
   return roles
 
 
@@ -134,12 +161,14 @@ def dot_flops(instructions: dict, name: str) -> float:
   return 2.0 * size * k
 
 
-def classify(instructions: dict, name: str, loop: str | None, input_size: int) -> str:
-  """The class of CLASSES that one executed instruction belongs to."""
-  _, opcode, result, operands, attributes = instructions[name]
+def classify(instructions: dict, name: str, loop: str | None, input_size: int,
+             members: dict | None = None) -> str:
+  """The class of CLASSES that one executed instruction belongs to (loop: its loop's role)."""
   if loop is None:
     return CLASSES[7]
-  if opcode == "dot":
+  dots = matmuls_of(instructions, name, members)
+  if dots:
+    _, _, result, operands, attributes = instructions[dots[0]]
     if _contracts_batch(attributes):
       return CLASSES[4]
     lhs = instructions.get(operands[0])
@@ -147,7 +176,9 @@ def classify(instructions: dict, name: str, loop: str | None, input_size: int) -
     if loop == "forward":
       return CLASSES[0] if k == input_size else CLASSES[1]
     return CLASSES[3] if result and result[-1] == input_size else CLASSES[2]
-  if _MOVEMENT.search(name) or _MOVEMENT.search(opcode):
+  opcode = instructions[name][1]
+  inner = fused_instructions(instructions, name, members) if opcode == "fusion" else [name]
+  if all(instructions[i][1] in MOVEMENT_OPS for i in inner):
     return CLASSES[6]
   return CLASSES[5]
 
@@ -172,7 +203,12 @@ def profile_rnn_jax(shape: str, steps: int, compute_dtype: str = "float32") -> d
   batch = {"inputs": jax.device_put(inputs), "labels": jax.device_put(labels)}
   runner.compile(state, batch)
   instructions = parse_hlo(runner._compiled[train._shapes(batch)].as_text())
-  loops = loop_bodies(instructions)
+  roles = loop_instructions(instructions)
+  found = sorted(role for name, role in roles.items() if instructions[name][1] == "while")
+  if found != ["backward", "forward"]:
+    raise RuntimeError(f"Expected one forward and one backward loop in the compiled step, found "
+                       f"{found}: the classes below would be wrong.")
+  members = _by_computation(instructions)
   for _ in range(5):
     state, _ = runner.train(state, batch)
   jax.block_until_ready(state)
@@ -195,44 +231,58 @@ def profile_rnn_jax(shape: str, steps: int, compute_dtype: str = "float32") -> d
   finally:
     shutil.rmtree(folder, ignore_errors=True)
 
-  computation_role = loop_roles(instructions, loops)
-
-  per_class = collections.Counter()
-  flops = collections.Counter()
-  calls = collections.Counter()
-  busy = []
+  per_class, flops, calls = (collections.Counter() for _ in range(3))
+  executed = []  # (start, end, region): region is the loop's role, or None outside the loops.
   for e in events:
     name = e["name"]
     if name not in instructions or instructions[name][1] == "while":
-      continue
-    computation = instructions[name][0]
-    loop = computation_role.get(computation)
-    cls = classify(instructions, name, loop, embed if kind == "tokens" else size)
+      continue  # Python and the runtime's own spans; a while event marks only its launch.
+    cls = classify(instructions, name, roles.get(name), embed if kind == "tokens" else size,
+                   members)
     per_class[cls] += e["dur"]
     calls[cls] += 1
-    busy.append((e["ts"], e["ts"] + e["dur"]))
-    if instructions[name][1] == "dot":
-      flops[cls] += dot_flops(instructions, name)
-  wall_us = max(end for _, end in busy) - min(start for start, _ in busy)
-  covered, last = 0.0, float("-inf")  # Union of busy intervals (instructions may overlap).
-  for start, end in sorted(busy):
-    if end > last:
-      covered += end - max(start, last)
-      last = end
+    executed.append((e["ts"], e["ts"] + e["dur"], roles.get(name)))
+    flops[cls] += sum(dot_flops(instructions, d)
+                      for d in matmuls_of(instructions, name, members))
+  executed.sort()
+  # Each run of consecutive instructions of one loop is one execution of that loop (all its
+  # iterations): its span minus its instructions' busy time is the loop's own overhead. The
+  # rest of the idle time lies between the loops and between the steps.
+  loop_us, inside, outside, run = 0.0, [], [], []
+  for start, end, region in executed + [(float("inf"), float("inf"), "end")]:
+    if run and region != run[-1][2]:
+      if run[-1][2] is not None:
+        loop_us += max(e for _, e, _ in run) - run[0][0]
+      run = []
+    run.append((start, end, region))
+    if region != "end":
+      (outside if region is None else inside).append((start, end))
+  wall_us = max(e for _, e, _ in executed) - executed[0][0]
   scale = 1.0 / (1000.0 * steps)  # us over all steps -> ms per step
   # All classes are read off the traced timeline (tracing slows the step; the shares are what
-  # carries over): the loop overhead is the traced time in which no instruction ran.
+  # carries over).
   ms = {c: per_class[c] * scale for c in CLASSES[:8]}
-  ms[CLASSES[8]] = (wall_us - covered) * scale
+  ms[CLASSES[8]] = max(0.0, loop_us - _covered(inside)) * scale
+  ms[CLASSES[9]] = max(0.0, wall_us - loop_us - _covered(outside)) * scale
   return {"ms": ms, "flops": {c: flops[c] / steps for c in CLASSES},
           "calls": {c: calls[c] / steps for c in CLASSES},
           "traced_step_ms": wall_us * scale, "step_ms": 1e3 * statistics.median(times),
-          "overlap_ms": (sum(per_class[c] for c in CLASSES[:8]) - covered) * scale,
-          "dot_rates": standalone_dot_rates(instructions, computation_role, jax),
+          "overlap_ms": (sum(per_class.values()) - _covered(inside + outside)) * scale,
+          "dot_rates": standalone_dot_rates(instructions, roles, members, jax),
           "peak_gflops": speed._jax_peak()()}
 
 
-def standalone_dot_rates(instructions: dict, computation_role: dict, jax,
+def _covered(intervals: list[tuple[float, float]]) -> float:
+  """The length of the union of the intervals (instructions on two threads may overlap)."""
+  covered, last = 0.0, float("-inf")
+  for start, end in sorted(intervals):
+    if end > last:
+      covered += end - max(start, last)
+      last = end
+  return covered
+
+
+def standalone_dot_rates(instructions: dict, roles: dict, members: dict, jax,
                          count: int = 28) -> dict:
   """GFLOP/s of each distinct matmul shape of the loops, outside any loop.
 
@@ -242,30 +292,30 @@ def standalone_dot_rates(instructions: dict, computation_role: dict, jax,
   import jax.numpy as jnp
   from jax import lax
   rates = {}
-  for name, (computation, opcode, result, operands, attributes) in instructions.items():
-    if opcode != "dot" or computation not in computation_role:
-      continue
-    lhs, rhs = instructions.get(operands[0]), instructions.get(operands[1])
-    if not lhs or not rhs:
-      continue
-    dims = tuple(tuple(int(d) for d in re.search(rf"{side}_contracting_dims=\{{([\d,]*)\}}",
-                                                 attributes).group(1).split(",") if d)
-                 for side in ("lhs", "rhs"))
-    key = (lhs[2], rhs[2], dims)
-    if key in rates:
-      continue
-    keys = jax.random.split(jax.random.key(0), 2)
-    a = jax.random.normal(keys[0], (count,) + lhs[2], jnp.float32)
-    b = jax.random.normal(keys[1], (count,) + rhs[2], jnp.float32)
-    dots = jax.jit(lambda a, b, dims=dims: [lax.dot_general(a[i], b[i], (dims, ((), ())))
-                                            for i in range(count)])
-    jax.block_until_ready(dots(a, b))
-    best = float("inf")
-    for _ in range(20):
-      start = time.perf_counter()
+  for executed in roles:
+    for name in matmuls_of(instructions, executed, members):
+      _, _, _, operands, attributes = instructions[name]
+      lhs, rhs = instructions.get(operands[0]), instructions.get(operands[1])
+      if not lhs or not rhs:
+        continue
+      dims = tuple(tuple(int(d) for d in re.search(rf"{side}_contracting_dims=\{{([\d,]*)\}}",
+                                                   attributes).group(1).split(",") if d)
+                   for side in ("lhs", "rhs"))
+      key = (lhs[2], rhs[2], dims)
+      if key in rates:
+        continue
+      keys = jax.random.split(jax.random.key(0), 2)
+      a = jax.random.normal(keys[0], (count,) + lhs[2], jnp.float32)
+      b = jax.random.normal(keys[1], (count,) + rhs[2], jnp.float32)
+      dots = jax.jit(lambda a, b, dims=dims: [lax.dot_general(a[i], b[i], (dims, ((), ())))
+                                              for i in range(count)])
       jax.block_until_ready(dots(a, b))
-      best = min(best, time.perf_counter() - start)
-    rates[key] = count * dot_flops(instructions, name) / best / 1e9
+      best = float("inf")
+      for _ in range(20):
+        start = time.perf_counter()
+        jax.block_until_ready(dots(a, b))
+        best = min(best, time.perf_counter() - start)
+      rates[key] = count * dot_flops(instructions, name) / best / 1e9
   return {f"{list(k[0])} x {list(k[1])}, contracting {list(k[2][0])}/{list(k[2][1])}": v
           for k, v in rates.items()}
 
@@ -317,7 +367,7 @@ def report(shape: str, timing: dict, jax_profile: dict, torch_ops: list | None,
   for cls in CLASSES:
     rate = (f"{flops[cls] / 1e9 / (ms[cls] / 1e3):.0f}" if flops[cls] and ms[cls] else "")
     gflop = f"{flops[cls] / 1e9:.3f}" if flops[cls] else ""
-    calls = f"{jax_profile['calls'][cls]:.0f}" if cls != CLASSES[8] else ""
+    calls = f"{jax_profile['calls'][cls]:.0f}" if cls not in CLASSES[8:] else ""
     lines.append(f"| {cls} | {ms[cls]:.2f} | {100 * ms[cls] / traced:.0f}% | {calls} | {gflop} "
                  f"| {rate} |")
   if jax_profile["overlap_ms"] > 0.01:

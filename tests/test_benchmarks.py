@@ -1,48 +1,78 @@
 """The LSTM profile's reading of compiled HLO (benchmarks/lstm_profile.py), checked against the
-matmul FLOPs of an LSTM training step counted by hand from its equations."""
+matmul FLOPs of an LSTM training step counted by hand from its equations, with XLA:CPU's dot
+fusions on (XLA's default) and off (what `cli.setup_process` sets)."""
 
 from __future__ import annotations
 
-import collections
+import json
+import os
+import pathlib
+import subprocess
+import sys
 
-import jax
-import numpy as np
 import pytest
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Counts, per class, the FLOPs of the dots that the loops of the compiled step execute, as the
+# profile attributes them: executed instructions only (fused dots through their fusion).
+_COUNT = """
+import collections, json, sys
+import jax, numpy as np
 from benchmarks import lstm_profile
 from configs import base
 from rnn_jax import models, train
+batch, steps, features, hidden = map(int, sys.argv[1:5])
+model = models.SequenceModel(cell="lstm", input_kind="features", input_size=features,
+                             hidden_size=hidden, num_outputs=3)
+tx, schedule = train.build_optimizer(base.get_config(), 100)
+runner = train.Runner("jit", model, tx, schedule)
+state = runner.put_state(train.create_train_state(model, tx, 0))
+data = {"inputs": np.ones((batch, steps, features), np.float32),
+        "labels": np.zeros((batch,), np.int32)}
+runner.compile(state, data)
+instructions = lstm_profile.parse_hlo(runner._compiled[train._shapes(data)].as_text())
+roles = lstm_profile.loop_instructions(instructions)
+flops = collections.Counter()
+fused = 0
+for name, role in roles.items():
+  if instructions[name][1] == "while":
+    continue
+  dots = lstm_profile.matmuls_of(instructions, name)
+  fused += bool(dots) and instructions[name][1] != "dot"
+  cls = lstm_profile.classify(instructions, name, role, features)
+  flops[cls] += steps * sum(lstm_profile.dot_flops(instructions, d) for d in dots)
+loops = sorted(r for n, r in roles.items() if instructions[n][1] == "while")
+print(json.dumps({"flops": flops, "loops": loops, "fused": fused}))
+"""
 
 
+@pytest.mark.parametrize("dot_fusions", [True, False], ids=["xla_default", "setup_process"])
 @pytest.mark.parametrize("batch,steps,features,hidden", [(4, 5, 3, 8), (6, 7, 5, 4)])
-def test_profile_classes_count_the_lstm_matmul_flops(batch, steps, features, hidden):
-  model = models.SequenceModel(cell="lstm", input_kind="features", input_size=features,
-                               hidden_size=hidden, num_outputs=3)
-  tx, schedule = train.build_optimizer(base.get_config(), 100)
-  runner = train.Runner("jit", model, tx, schedule)
-  state = runner.put_state(train.create_train_state(model, tx, 0))
-  batch_ = {"inputs": jax.device_put(np.ones((batch, steps, features), np.float32)),
-            "labels": jax.device_put(np.zeros((batch,), np.int32))}
-  runner.compile(state, batch_)
-  instructions = lstm_profile.parse_hlo(runner._compiled[train._shapes(batch_)].as_text())
-  loops = lstm_profile.loop_bodies(instructions)
-  assert len(loops) == 2, f"expected a forward and a backward scan, found {sorted(loops)}"
-  roles = lstm_profile.loop_roles(instructions, loops)
-  assert sorted(set(roles.values())) == ["backward", "forward"]
-
-  flops = collections.Counter()  # Per class, for one pass of each loop body, times T.
-  for name, (computation, opcode, *_rest) in instructions.items():
-    if opcode == "dot" and computation in roles:
-      cls = lstm_profile.classify(instructions, name, roles[computation], features)
-      flops[cls] += steps * lstm_profile.dot_flops(instructions, name)
+def test_profile_classes_count_the_lstm_matmul_flops(batch, steps, features, hidden,
+                                                     dot_fusions):
+  flags = os.environ.get("XLA_FLAGS", "").replace(
+      "--xla_cpu_experimental_ynn_fusion_type=", "").strip()
+  if not dot_fusions:
+    flags += " --xla_cpu_experimental_ynn_fusion_type="
+  result = subprocess.run(
+      [sys.executable, "-c", _COUNT, str(batch), str(steps), str(features), str(hidden)],
+      cwd=ROOT, env={**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"},
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out["loops"] == ["backward", "forward"], out
+  from benchmarks import lstm_profile
+  c = lstm_profile.CLASSES
+  flops = {k: out["flops"].get(k, 0) for k in c}
   gates = 4 * hidden
   x_w = steps * 2 * batch * features * gates   # x_t W_x, forward
   h_w = steps * 2 * batch * hidden * gates     # h_t W_h, forward; dg W_h^T the same backward
-  c = lstm_profile.CLASSES
-  assert flops[c[0]] == x_w
-  assert flops[c[1]] == h_w
-  assert flops[c[2]] == h_w
-  assert flops[c[3]] == 0                      # The inputs need no gradient.
-  # dW_x and dW_h, accumulated at every step. (The first step's h is the zero initial carry;
-  # XLA still multiplies it.)
-  assert flops[c[4]] == x_w + h_w
+  assert flops[c[0]] == x_w, flops
+  assert flops[c[1]] == h_w, flops
+  assert flops[c[2]] == h_w, flops
+  assert flops[c[3]] == 0, flops               # The inputs need no gradient.
+  # dW_x and dW_h, accumulated at every step (the first step's h is the zero initial carry;
+  # XLA still multiplies it).
+  assert flops[c[4]] == x_w + h_w, flops
+  assert sum(flops.values()) == 2 * x_w + 3 * h_w, flops  # No matmul counted elsewhere.

@@ -239,10 +239,11 @@ def test_the_backward_pass_stacks_no_bfloat16_arrays_over_time(name):
   runner.compile(state, batch)
   text = runner._compiled[train._shapes(batch)].as_text()
   instructions = lstm_profile.parse_hlo(text)
-  in_loops = set().union(*lstm_profile.loop_bodies(instructions).values())
-  assert in_loops, "no loop found in the compiled step"
-  stacked = [name for name, (computation, _, dims, _, _) in instructions.items()
-             if computation in in_loops and dims[:1] == (steps,)
+  executed = lstm_profile.loop_instructions(instructions)
+  assert executed, "no loop found in the compiled step"
+  in_loops = set(executed).union(*(lstm_profile.fused_instructions(instructions, name)
+                                   for name in executed))
+  stacked = [name for name in in_loops if instructions[name][2][:1] == (steps,)
              and re.search(rf"%{re.escape(name)} = bf16\[", text)]
   assert not stacked, f"bfloat16 stacks over time inside the loops: {stacked}"
 
