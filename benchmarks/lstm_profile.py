@@ -10,8 +10,10 @@ Three measurements in one run, so the numbers can be compared with each other:
    HLO instruction (thunk). Each is classed from the compiled HLO: which loop it runs in (the
    forward scan, the backward scan, or neither) and, for matmuls, what it computes (the input
    projection x W_x, the recurrent h W_h, its input gradient dg W_h^T, the weight gradients
-   h^T dg that autodiff accumulates at every step). Time no instruction accounts for is the
-   loops' own cost: thunk dispatch, loop conditions, waiting. Every matmul class is set against
+   h^T dg that autodiff accumulates at every step; dots XLA fused with their neighbours
+   count as matmuls). Idle time within a loop's span is the loop's own cost (per-iteration
+   dispatch, loop conditions); idle time elsewhere lies between the loops and the steps.
+   Every matmul class is set against
    its FLOPs and against the matmul rate of the same shapes called alone, and of a 1024^3
    matmul, both measured in the same run.
 3. PyTorch's step, by aten op (`torch.profiler`), to show what its oneDNN LSTM does in one call.
