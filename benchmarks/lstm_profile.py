@@ -194,7 +194,7 @@ def profile_rnn_jax(shape: str, steps: int, compute_dtype: str = "float32") -> d
   import jax
   from configs import base
   from rnn_jax import models, train
-  cell, kind, length, size, embed, hidden, outputs, batch_size = speed.SHAPES[shape]
+  cell, kind, _, size, embed, hidden, outputs, _ = speed.SHAPES[shape]
   model = models.SequenceModel(cell=cell, input_kind=kind, input_size=size, embed_size=embed,
                                hidden_size=hidden, num_outputs=outputs,
                                compute_dtype=compute_dtype)
