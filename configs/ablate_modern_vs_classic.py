@@ -9,8 +9,9 @@ from its usual init, in the setting of ablate_adding.py: one layer of 64 units, 
 vmapped per cell, 2,000 updates of batch 50. The MSE baseline of predicting 1.0 is 1/6 ~=
 0.167; `configs/ablate_adding.py` shows every classic cell stuck there from T = 500.
 
-The argument: the cells, comma-separated, and optionally `chrono=T_max`, the chrono_init of
-the cells that take it (mingru, minlstm, lstm, gru). The LRU is not in the default list: the task needs the
+The argument: the cells, comma-separated, optionally `chrono=T_max`, the chrono_init of the
+cells that take it (mingru, minlstm, lstm, gru), and `T=length` items (default T=1000), e.g.
+`:mingru,minlstm,rglru,T=50,T=200,T=500` for the lengths of ablate_adding.py. The LRU is not in the default list: the task needs the
 product of a value and its marker, and a state linear in the inputs (LRU: s = sum of
 lambda^k B x) cannot form it; it needs a block with an MLP before its recurrence
 (`block="residual"`, two layers), which costs ~5x the budget here. minGRU, minLSTM and RG-LRU
@@ -24,12 +25,18 @@ from configs import ablate_adding
 CELLS = ("lstm", "gru", "irnn", "mingru", "minlstm", "rglru")
 
 
-def get_config(arg: str = ",".join(CELLS), sequence_length: int = 1000):
-  cells = [c for c in arg.split(",") if not c.startswith("chrono=")]
-  chrono = [int(c.split("=")[1]) for c in arg.split(",") if c.startswith("chrono=")]
+def get_config(arg: str = ",".join(CELLS)):
+  items = arg.split(",")
+  cells = [c for c in items if "=" not in c]
+  chrono = [int(c.split("=")[1]) for c in items if c.startswith("chrono=")]
+  lengths = [int(c.split("=")[1]) for c in items if c.startswith("T=")] or [1000]
+  unknown = [c for c in items if "=" in c and not c.startswith(("chrono=", "T="))]
+  if unknown:
+    raise ValueError(f"Unknown item(s) {unknown} in '{arg}': give cell names, 'chrono=T_max' "
+                     "and 'T=length' items, e.g. ':mingru,rglru,T=50,T=200'.")
   config = ablate_adding.get_config()
   del config["sweep"]  # Its dict type would refuse the tuple of pairs below.
   # Tuple of pairs: a dotted field name cannot be a ConfigDict key.
   sweep = [("cell", cells)] + [("cell_options.chrono_init", chrono)] * bool(chrono)
-  config.sweep = tuple(sweep + [("sequence_length", [int(sequence_length)])])
+  config.sweep = tuple(sweep + [("sequence_length", lengths)])
   return config

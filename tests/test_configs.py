@@ -38,3 +38,13 @@ def test_seeds_wraps_a_task_config(name):
 def test_seeds_without_a_task_says_how_to_name_one():
   with pytest.raises(ValueError, match="configs/seeds.py:mnist_lstm_best"):
     importlib.import_module("configs.seeds").get_config()
+
+
+def test_modern_vs_classic_takes_cells_chrono_and_lengths():
+  from configs import ablate_modern_vs_classic
+  sweep = dict(ablate_modern_vs_classic.get_config("mingru,rglru,chrono=50,T=50,T=200").sweep)
+  assert sweep == {"cell": ["mingru", "rglru"], "cell_options.chrono_init": [50],
+                   "sequence_length": [50, 200]}
+  assert dict(ablate_modern_vs_classic.get_config("gru").sweep)["sequence_length"] == [1000]
+  with pytest.raises(ValueError, match="T=length"):
+    ablate_modern_vs_classic.get_config("mingru,length=50")
