@@ -309,9 +309,10 @@ def _low_precision_matmul(a: jax.Array, w: jax.Array) -> jax.Array:
   # again, instead of keeping its low-precision copy. Inside a scan those kept values are
   # stacked over time with a dynamic-update-slice at every step, and XLA:CPU has no native
   # bfloat16 one: it converts the whole [T, ...] stack to float32 and back at each step,
-  # O(T^2) work that made bfloat16 steps 3-7x slower than float32 on CPU
-  # (`python -m benchmarks.lstm_profile --compute-dtype bfloat16` shows it). The cast is all
-  # that is recomputed; the matmul's result is not needed by its own gradient.
+  # O(T^2) work that made bfloat16 steps several times slower than float32 on CPU
+  # (docs/performance.md; `python -m benchmarks.lstm_profile --compute-dtype bfloat16` shows
+  # it). The cast is all that is recomputed; the matmul's result is not needed by its own
+  # gradient.
   return jnp.matmul(a.astype(w.dtype), w, preferred_element_type=jnp.float32)
 
 
