@@ -5,8 +5,8 @@ mode beside the LSTM and GRU, all measured in the same run.
 
 For each T: the real `train.train_step` (batch 64, 128 input features, hidden 128, one layer,
 10 classes from the last step, Adam) of lstm and gru (their step in a loop) and of mingru,
-minlstm, lru and rglru in scan_mode "sequential", "chunked" and "parallel", compiled ahead of
-time, then timed in interleaved rounds (median). Prints ms per step, its ratio to the LSTM's
+minlstm, lru and rglru in scan_mode "sequential", "chunked" and "parallel" (and mingru and
+minlstm in "log", the paper's log-space form), compiled ahead of time, then timed in interleaved rounds (median). Prints ms per step, its ratio to the LSTM's
 at the same T (> 1: faster than the LSTM), XLA's temp memory (`memory_analysis()`, the
 activations kept for the backward pass) and the compile time; `--plot` draws ms and memory
 against T. What "auto" picks on this backend is printed first.
@@ -20,7 +20,7 @@ import time
 
 CLASSIC = ("lstm", "gru")
 LINEAR = ("mingru", "minlstm", "lru", "rglru")
-MODES = ("sequential", "chunked", "parallel")
+MODES = ("sequential", "chunked", "parallel", "log")
 BATCH, FEATURES, HIDDEN = 64, 128, 128
 
 
@@ -54,6 +54,8 @@ def main() -> None:
     runs = {}
     for cell in args.cells.split(","):
       for mode in (args.modes.split(",") if cell in LINEAR else ("step",)):
+        if mode == "log" and cells.get(cell).linear.log_coefficients is None:
+          continue  # Coefficients that can be negative or complex have no log-space form.
         model = models.SequenceModel(cell=cell, input_size=FEATURES, hidden_size=HIDDEN,
                                      num_outputs=10, scan_mode=mode)
         tx, schedule = train.build_optimizer(config, 10_000)
@@ -91,7 +93,7 @@ def _plot(rows, path: str) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   series = sorted({(cell, mode) for _, cell, mode, _, _ in rows},
                   key=lambda s: (s[0] not in CLASSIC, s))
-  styles = {"step": "-", "sequential": "-", "chunked": "--", "parallel": ":"}
+  styles = {"step": "-", "sequential": "-", "chunked": "--", "parallel": ":", "log": "-."}
   colours = dict(zip(CLASSIC + LINEAR, plt.get_cmap("tab10").colors))  # One colour per cell.
   for cell, mode in series:
     points = [(t, ms, mib) for t, c, m, ms, mib in rows if (c, m) == (cell, mode)]

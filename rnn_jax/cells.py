@@ -65,10 +65,14 @@ class LinearRecurrence:
     emit: (params, h [..., state], x [..., input]) -> (carry, y): the carry and the output
       once the state is h; elementwise over the leading axes (so it also takes a time axis).
       Default: both are h.
+    log_coefficients: for cells whose a_t, b_t are positive for every input, (params, xs) ->
+      (log a, log b), computed without taking the log of a rounded product (scan_mode "log",
+      the log-space form of Feng et al. 2024); None otherwise.
   """
   coefficients: Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]]
   state: Callable[[Any], jax.Array] = _state_is_carry
   emit: Callable[[Params, jax.Array, jax.Array], tuple[Any, jax.Array]] = _output_is_state
+  log_coefficients: Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]] | None = None
 
   def step(self, params: Params, carry: Any, x: jax.Array,
            h_mask: jax.Array | None = None) -> tuple[Any, jax.Array]:
@@ -623,6 +627,11 @@ def positive_candidate(v: jax.Array) -> jax.Array:
   return jnp.where(v >= 0, v + 0.5, jax.nn.sigmoid(v))
 
 
+def log_positive_candidate(v: jax.Array) -> jax.Array:
+  """log g(v), as log(v + 0.5) and log sigmoid(v) = -softplus(-v): no log of an underflow."""
+  return jnp.where(v >= 0, jnp.log(jnp.maximum(v, 0.0) + 0.5), -jax.nn.softplus(-v))
+
+
 def _input_gate_params(key, input_size: int, hidden_size: int, num_gates: int) -> Params:
   """w_x [input, G*hidden] (Glorot), b [G*hidden] zeros: every gate from x alone."""
   _check_sizes(input_size, hidden_size)
@@ -642,8 +651,8 @@ def mingru(positive: bool = True, chrono_init: int = 0) -> Cell:
       z = sigmoid(x W_xz + b_z)        h~ = g(x W_xh + b_h)
       h' = (1 - z) * h + z * h~        i.e. a_t = 1 - z_t, b_t = z_t * h~_t
 
-  `positive`: g = `positive_candidate` (the paper's form for its log-space scan, h stays
-  > 0); False: g = identity (the plain form). `chrono_init`: T_max >= 2 starts
+  `positive`: g = `positive_candidate` (the paper's form for its log-space scan, scan_mode
+  "log"; h stays > 0); False: g = identity (the plain form). `chrono_init`: T_max >= 2 starts
   b_z = -log(U(1, T_max - 1)), so unit j keeps its state for ~exp(-b_z) + 1 steps
   (Tallec and Ollivier 2018); 0 = zero biases.
   """
@@ -663,7 +672,13 @@ def mingru(positive: bool = True, chrono_init: int = 0) -> Cell:
     z = jax.nn.sigmoid(k_z)
     return 1.0 - z, z * candidate(k_h)
 
-  return _linear_cell("mingru", 2, 1, init, LinearRecurrence(coefficients),
+  def log_coefficients(params, xs):  # log(1 - z) = -softplus(k_z), log z = -softplus(-k_z).
+    k_z, k_h = jnp.split(matmul(xs, params["w_x"]) + params["b"], 2, axis=-1)
+    return -jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_positive_candidate(k_h)
+
+  linear = LinearRecurrence(coefficients,
+                            log_coefficients=log_coefficients if positive else None)
+  return _linear_cell("mingru", 2, 1, init, linear,
                       (("positive", positive), ("chrono_init", chrono_init)))
 
 
@@ -699,7 +714,17 @@ def minlstm(positive: bool = True, normalize: bool = True, chrono_init: int = 0)
       f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
     return f, i * candidate(k_h)
 
-  return _linear_cell("minlstm", 3, 1, init, LinearRecurrence(coefficients),
+  def log_coefficients(params, xs):
+    k_f, k_i, k_h = jnp.split(matmul(xs, params["w_x"]) + params["b"], 3, axis=-1)
+    log_f, log_i = -jax.nn.softplus(-k_f), -jax.nn.softplus(-k_i)
+    if normalize:  # log f' = log f - log(f + i), log i' alike.
+      log_sum = jnp.logaddexp(log_f, log_i)
+      log_f, log_i = log_f - log_sum, log_i - log_sum
+    return log_f, log_i + log_positive_candidate(k_h)
+
+  linear = LinearRecurrence(coefficients,
+                            log_coefficients=log_coefficients if positive else None)
+  return _linear_cell("minlstm", 3, 1, init, linear,
                       (("positive", positive), ("normalize", normalize),
                        ("chrono_init", chrono_init)))
 

@@ -88,7 +88,8 @@ def _running_fields(c: ml_collections.ConfigDict) -> None:
   c.unroll = 1                   # lax.scan unroll factor (speed only).
   c.remat = False                # Recompute each step in the backward pass (less memory).
   c.scan_mode = "auto"           # Linear-recurrence cells (mingru, minlstm, lru, rglru):
-                                 # 'sequential' | 'chunked' | 'parallel' | 'step'; 'auto' =
+                                 # 'sequential' | 'chunked' | 'parallel' | 'step', or 'log'
+                                 # (mingru, minlstm: the paper's log-space form); 'auto' =
                                  # sequential on CPU, parallel on GPU/TPU. Same function.
 
 
@@ -150,7 +151,7 @@ _CHOICES = {
     "nonfinite": ("stop", "skip"),
     "parallel": ("auto", "jit", "sharded", "pmap"),
     "block": ("plain", "residual"),
-    "scan_mode": ("auto", "step", "sequential", "chunked", "parallel"),
+    "scan_mode": ("auto", "step", "sequential", "chunked", "parallel", "log"),
 }
 _CHOICE_HINTS = {
     ("readout", "all"): " 'all' (logits at every step, models.SequenceModel) needs a label per "

@@ -99,7 +99,9 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
       supports every option above. "sequential": a `lax.scan` over the precomputed
       coefficients, "chunked": exact two-level scan (within chunks of ~sqrt(T) steps, then
       across them: ~2 sqrt(T) loop iterations), "parallel": `lax.associative_scan`, depth
-      O(log T), "step": `cell.step` in the loop like every other cell. "auto": "parallel" on
+      O(log T), "log": the log-space form of Feng et al. 2024 (`log_linear_scan`; minGRU
+      and minLSTM with positive coefficients; its float32 error grows with the summed log
+      decay), "step": `cell.step` in the loop like every other cell. "auto": "parallel" on
       GPU and TPU, "sequential" on CPU (the fastest there, see docs/performance.md). Cells
       without `linear` always run "step" ("auto" or "step").
 
@@ -169,7 +171,7 @@ def scan(cell: Cell, params: Params, xs: jax.Array, carry: Carry | None = None, 
   return carry, ys
 
 
-SCAN_MODES = ("auto", "step", "sequential", "chunked", "parallel")
+SCAN_MODES = ("auto", "step", "sequential", "chunked", "parallel", "log")
 
 
 def check_scan_mode(cell: Cell, scan_mode: str) -> None:
@@ -182,6 +184,11 @@ def check_scan_mode(cell: Cell, scan_mode: str) -> None:
       raise ValueError(f"scan_mode={scan_mode!r} needs a cell whose recurrence is linear in "
                        f"its state (mingru, minlstm, lru, rglru); cell {cell.name!r} runs its "
                        "step in a loop: use scan_mode 'auto' or 'step'.")
+  elif scan_mode == "log" and cell.linear.log_coefficients is None:
+    raise ValueError(f"scan_mode='log' evaluates log h_t from log a_t and log b_t, so it needs "
+                     f"a_t, b_t > 0: minGRU and minLSTM with positive=True (their default); "
+                     f"cell {cell.name!r} with options {dict(cell.options)} can be negative or "
+                     "complex. Use 'sequential', 'chunked' or 'parallel'.")
 
 
 def resolve_scan_mode(cell: Cell, scan_mode: str) -> str:
@@ -242,6 +249,50 @@ def linear_scan(a: jax.Array, b: jax.Array, h0: jax.Array, mode: str = "parallel
   return jnp.swapaxes(hs, 0, 1).reshape((chunks * k,) + hs.shape[2:])[:time]
 
 
+LOG_ZERO = -1e30  # log 0 in log_linear_scan: exp(LOG_ZERO + x) is exactly 0 for any real x.
+
+
+def _segmented_cumulative(op, values: jax.Array, starts: jax.Array) -> jax.Array:
+  """Inclusive cumulative `op` along axis 0 that restarts wherever `starts` [time, ...] is
+  True: out_t = values_s op ... op values_t, s the last start <= t. `lax.associative_scan`
+  (depth O(log T)) of the pairs (value, start), a segmented scan (Blelloch 1990)."""
+  starts = jnp.broadcast_to(starts, values.shape)
+
+  def combine(left, right):
+    return jnp.where(right[1], right[0], op(left[0], right[0])), left[1] | right[1]
+  return jax.lax.associative_scan(combine, (values, starts), axis=0)[0]
+
+
+def log_linear_scan(log_a: jax.Array, log_b: jax.Array, h0: jax.Array,
+                    restarts: jax.Array | None = None,
+                    restart_states: jax.Array | None = None) -> jax.Array:
+  """h_t = a_t * h_{t-1} + b_t from log a_t and log b_t (a_t, b_t > 0), in the log-space
+  parallel form of Feng et al. 2024 (after Heinsen 2023): [time, ...] -> [time, ...],
+
+      a*_t = sum_{k<=t} log a_k,   h_t = exp(a*_t) h0 + exp(a*_t + logcumsumexp_{k<=t}(log b_k - a*_k))
+
+  two cumulative reductions of depth O(log T); no product of many a_k is formed in linear
+  space, so none underflows before the end. h0 enters in linear space (any sign, or 0). Its
+  precision falls with |a*|: a relative error of ~|a*_t| ulp (1e-5 at |a*| ~ 100 in float32).
+
+  `restarts` [time, ...] bool: where True, step t reads `restart_states[t]` instead of h_{t-1}
+  (h_t = a_t r_t + b_t); both sums restart there. Truncated BPTT passes the gradient-free
+  previous states, so the same window semantics hold as in `linear_scan`.
+  b_t = 0 (padding) is log b_t = `LOG_ZERO`: finite, since the gradient of
+  logaddexp(-inf, -inf) is NaN.
+  """
+  starts = jnp.zeros(log_a.shape[:1] + (1,) * (log_a.ndim - 1), bool).at[0].set(True)
+  states = jnp.broadcast_to(h0, log_a.shape[1:])[None]  # The state each segment starts from.
+  if restarts is not None:
+    starts = starts | restarts
+    states = jnp.where(restarts, restart_states, states)
+  first = lambda left, right: left
+  states = _segmented_cumulative(first, jnp.broadcast_to(states, log_a.shape), starts)
+  a_star = _segmented_cumulative(jnp.add, log_a, starts)
+  log_sums = _segmented_cumulative(jnp.logaddexp, log_b - a_star, starts)
+  return jnp.exp(a_star) * states + jnp.exp(a_star + log_sums)
+
+
 def _scan_linear(linear: cells_lib.LinearRecurrence, params: Params, xs: jax.Array,
                  carry: Carry, lengths: jax.Array | None, cuts: jax.Array | None,
                  probes: Carry | None, *, scan_mode: str, compute_dtype: Any
@@ -252,25 +303,31 @@ def _scan_linear(linear: cells_lib.LinearRecurrence, params: Params, xs: jax.Arr
   Every option of `scan` becomes a change of the coefficients, so the same evaluation serves
   them all: past a sequence's length a_t = 1, b_t = 0 (the state freezes); a probe on the
   state adds to b_t; a truncation cut before step t (h_t = a_t sg(h_{t-1}) + b_t) becomes
-  a_t = 0, b_t = a_t h_{t-1} + b_t with h_{t-1} from a first, gradient-free pass.
+  a_t = 0, b_t = a_t h_{t-1} + b_t with h_{t-1} from a first, gradient-free pass. Scan mode
+  "log" makes the same changes in log space (`_log_states`).
   """
   batch, time = xs.shape[:2]
   weights = cells_lib.cast_weights(params, compute_dtype)  # Once: one matmul for all steps.
   xs = jnp.swapaxes(xs, 0, 1)  # Time-major before the projection: xs is the narrowest array.
-  a, b = linear.coefficients(weights, xs)                  # [time, batch, state]
   h0 = linear.state(carry)
-  if probes is not None:
-    b = b + linear.state(probes)
-  valid = None
+  valid = cut = None
   if lengths is not None:
     valid = (jnp.arange(time)[:, None] < lengths[None, :])[..., None]  # [time, batch, 1]
-    a, b = jnp.where(valid, a, jnp.ones_like(a)), jnp.where(valid, b, jnp.zeros_like(b))
   if cuts is not None:
     cut = (cuts[:, None] if cuts.ndim == 1 else cuts)[..., None]  # [time, batch or 1, 1]
-    h_prev = jax.lax.stop_gradient(jnp.concatenate(
-        [h0[None], linear_scan(a, b, h0, scan_mode)[:-1]]))
-    a, b = jnp.where(cut, jnp.zeros_like(a), a), jnp.where(cut, a * h_prev + b, b)
-  hs = linear_scan(a, b, h0, scan_mode)                    # [time, batch, state]
+  if scan_mode == "log":
+    hs = _log_states(linear, weights, xs, h0, valid, cut, probes)
+  else:
+    a, b = linear.coefficients(weights, xs)                # [time, batch, state]
+    if probes is not None:
+      b = b + linear.state(probes)
+    if valid is not None:
+      a, b = jnp.where(valid, a, jnp.ones_like(a)), jnp.where(valid, b, jnp.zeros_like(b))
+    if cut is not None:
+      h_prev = jax.lax.stop_gradient(jnp.concatenate(
+          [h0[None], linear_scan(a, b, h0, scan_mode)[:-1]]))
+      a, b = jnp.where(cut, jnp.zeros_like(a), a), jnp.where(cut, a * h_prev + b, b)
+    hs = linear_scan(a, b, h0, scan_mode)                  # [time, batch, state]
   if probes is not None:  # A step's output sees its state before the step's probe.
     hs = hs - linear.state(probes)
   carries, ys = linear.emit(weights, hs, xs)
@@ -286,6 +343,34 @@ def _scan_linear(linear: cells_lib.LinearRecurrence, params: Params, xs: jax.Arr
         carries, carry)
     ys = jnp.where(valid, ys, jnp.zeros_like(ys))
   return final, jnp.swapaxes(ys, 0, 1)
+
+
+def _log_states(linear: cells_lib.LinearRecurrence, weights: Params, xs: jax.Array,
+                h0: jax.Array, valid: jax.Array | None, cut: jax.Array | None,
+                probes: Carry | None) -> jax.Array:
+  """The states [time, batch, state] of `_scan_linear` in scan_mode "log": the same changes of
+  the coefficients, in log space (past a length log a = 0 and log b = `LOG_ZERO`; a cut
+  restarts both sums from the gradient-free previous state). A probe may be negative, so its
+  part of the state goes through `linear_scan`, and by linearity adds to the rest."""
+  log_a, log_b = linear.log_coefficients(weights, xs)    # [time, batch, state]
+  if valid is not None:
+    log_a = jnp.where(valid, log_a, jnp.zeros_like(log_a))
+    log_b = jnp.where(valid, log_b, jnp.full_like(log_b, LOG_ZERO))
+
+  def states(restarts, restart_states):
+    hs = log_linear_scan(log_a, log_b, h0, restarts, restart_states)
+    if probes is None:
+      return hs
+    # Past a length a = 1: a padded step's probe reaches only states that are never read.
+    a, p = jnp.exp(log_a), linear.state(probes)
+    if restarts is not None:  # The probes' part before a cut is in restart_states.
+      a = jnp.where(restarts, jnp.zeros_like(a), a)
+    return hs + linear_scan(a, p, jnp.zeros_like(h0), "sequential")
+
+  if cut is None:
+    return states(None, None)
+  h_prev = jax.lax.stop_gradient(jnp.concatenate([h0[None], states(None, None)[:-1]]))
+  return states(cut, h_prev)
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")

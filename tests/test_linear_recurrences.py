@@ -65,6 +65,40 @@ def test_linear_scan_matches_a_float64_loop(mode, time, complex_):
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=2e-5 * scale)
 
 
+@pytest.mark.parametrize("time", [1, 2, 7, 50, 1000])
+@pytest.mark.parametrize("restarts", [False, True], ids=["", "restarts"])
+def test_log_linear_scan_matches_a_float64_loop(time, restarts):
+  """The log-space form from log a, log b: a_t in (0, 1] from near 1 to 1e-12 (so log a spans
+  0 to -28 and a*_t reaches about -30 per 100 steps), b_t > 0 over 12 orders of magnitude,
+  h0 of either sign; restarts (truncation's cuts) read a given state instead of h_{t-1}.
+  The form's float32 error grows with |a*_t| (exp of a difference of two large sums): it
+  must stay within a few ulp per unit of |a*_t|."""
+  rng = np.random.default_rng(time)
+  shape = (time, 3, 5)
+  a = rng.uniform(0.0, 1.0, shape) ** 0.05
+  a[rng.random(shape) < 0.01] = 1e-12
+  b = np.exp(rng.uniform(-14.0, 14.0, shape))
+  h0 = rng.standard_normal(shape[1:])
+  resets = restart_states = None
+  want_a, want_b = a.copy(), b.copy()
+  if restarts:
+    resets = rng.random(shape[:2] + (1,)) < 0.05
+    restart_states = rng.standard_normal(shape)
+    want_b = np.where(resets, a * restart_states + b, b)
+    want_a = np.where(resets, 0.0, a)
+    resets, restart_states = jnp.asarray(resets), jnp.asarray(restart_states, jnp.float32)
+  want = _np_linear(want_a, want_b, h0)
+  got = recurrent.log_linear_scan(jnp.log(jnp.asarray(a, jnp.float32)),
+                                  jnp.log(jnp.asarray(b, jnp.float32)),
+                                  jnp.asarray(h0, jnp.float32), resets, restart_states)
+  a_star = np.cumsum(np.log(want_a, where=want_a > 0, out=np.zeros_like(a)), axis=0)
+  rtol = 2e-5 + 1e-6 * np.abs(a_star)  # 1e-6 ~ 8 float32 ulp per unit of |a*_t|.
+  error = np.abs(np.asarray(got) - want)
+  assert np.all(error <= rtol * np.abs(want) + 1e-6 * np.abs(want).max()), (
+      f"max error / |want| {np.max(error / np.abs(want)):.2e} at max |a*| "
+      f"{np.abs(a_star).max():.0f}")
+
+
 @pytest.mark.parametrize("name", LINEAR)
 def test_modes_agree_on_a_long_padded_batch_with_truncation(name):
   """T = 600, lengths down to 1, reverse, truncation k = 50, a loss on every output and the
@@ -81,10 +115,11 @@ def test_modes_agree_on_a_long_padded_batch_with_truncation(name):
                                scan_mode=mode)
     return jnp.sum(weights * ys) + sum(jnp.sum(c) for c in jax.tree.leaves(carry))
 
+  modes = MODES + ("log",) * (cell.linear.log_coefficients is not None)
   results = {mode: jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, mode)
-             for mode in ("step",) + MODES}
+             for mode in ("step",) + modes}
   want_value, want_grad = results["step"]
-  for mode in MODES:
+  for mode in modes:
     value, grad = results[mode]
     np.testing.assert_allclose(value, want_value, rtol=1e-5, err_msg=mode)
     for g, w in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
@@ -238,6 +273,9 @@ def test_bidirectional_residual_last_readout_is_refused():
     ({"cell": "mingru", "recurrent_dropout_rate": 0.2}, "nothing for recurrent dropout"),
     ({"cell": "mingru", "block": "resnet"}, "block=.resnet. is not one of"),
     ({"cell": "lru", "cell_options": {"r_max": 1.5}}, "0 <= r_min < r_max < 1"),
+    ({"cell": "rglru", "scan_mode": "log"}, "needs a_t, b_t > 0: minGRU and minLSTM"),
+    ({"cell": "mingru", "cell_options": {"positive": False}, "scan_mode": "log"},
+     "with options {'positive': False, 'chrono_init': 0} can be negative"),
 ])
 def test_config_errors_for_the_new_options_are_clear(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -253,7 +291,8 @@ SLOW = pytest.mark.slow  # Kept out of the default run for its time; CI runs the
 @pytest.mark.parametrize("cell,block,scan_mode", [
     ("mingru", "residual", "chunked"), pytest.param("minlstm", "plain", "parallel", marks=SLOW),
     pytest.param("rglru", "residual", "sequential", marks=SLOW), ("lru", "residual", "auto"),
-    pytest.param("gru", "residual", "auto", marks=SLOW)])
+    pytest.param("gru", "residual", "auto", marks=SLOW),
+    pytest.param("mingru", "plain", "log", marks=SLOW)])
 def test_a_config_trains_and_resumes(tmp_path, cell, block, scan_mode):
   """launch's path end to end on mock data: train, evaluate, resume to a longer budget."""
   config = tiny_config(cell=cell, block=block, scan_mode=scan_mode, num_epochs=1)

@@ -7,7 +7,6 @@ all as a table); here each runs on its own so a failure names the case.
 """
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -62,6 +62,16 @@ def _is_linear(cell_id):
   return CELLS[cell_id][0] in LINEAR
 
 
+def _modes(cell_id):
+  """The scan modes a cell runs in: "step" for the classic cells; the whole-sequence modes for
+  the linear ones, and "log" for those with positive coefficients."""
+  if not _is_linear(cell_id):
+    return ("step",)
+  name, options = CELLS[cell_id]
+  positive = cells.get(name, **options).linear.log_coefficients is not None
+  return LINEAR_MODES + ("log",) * positive
+
+
 def _grid():
   """(cell id, scan mode, row) params: every row for every cell, the linear cells in each of
   their modes. The linear cells' default options in "sequential" (the CPU default) run every
@@ -69,10 +79,10 @@ def _grid():
   rest with the slow tests."""
   cases = []
   for cell_id in CELLS:
-    for mode in (LINEAR_MODES if _is_linear(cell_id) else ("step",)):
+    for mode in _modes(cell_id):
       for r in range(16):
         variant = _is_linear(cell_id) and CELLS[cell_id][1]
-        slow = (mode in ("chunked", "parallel") or variant) and r % 4 != 0
+        slow = (mode in ("chunked", "parallel", "log") or variant) and r % 4 != 0
         cases.append(pytest.param(cell_id, mode, r, id=f"{cell_id}-{mode}-{_row_id(r)}",
                                   marks=[pytest.mark.slow] if slow else []))
   return cases
@@ -521,7 +531,7 @@ def test_truncation_at_least_every_length_is_full_bptt(cell_id, lengths, k, reve
 
 @pytest.mark.parametrize("cell_id,scan_mode", [
     ("lstm-peephole-cifg", "step"), ("gru", "step"), ("mgu", "step"),
-    ("mingru", "chunked"), ("rglru", "parallel"), ("lru", "sequential")])
+    ("mingru", "chunked"), ("rglru", "parallel"), ("lru", "sequential"), ("minlstm", "log")])
 def test_initial_carry_meets_padding_reverse_truncation_and_probes(cell_id, scan_mode):
   """A given initial carry (the language model's carried state), with everything else on:
   its gradient reaches each row only through that row's first window (k = 2; the length-1
