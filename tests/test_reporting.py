@@ -213,3 +213,39 @@ def test_a_full_disk_while_writing_metrics_is_one_clear_error(tmp_path):
     resource.setrlimit(resource.RLIMIT_FSIZE, old)
     signal.signal(signal.SIGXFSZ, previous)
   assert [r['step'] for r in reporting.read_metrics(tmp_path)] == [1]
+
+
+# ----------------------------------------------------------------------------- compare_runs
+
+def _compare_runs():
+  import importlib.util
+  path = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "compare_runs.py")
+  spec = importlib.util.spec_from_file_location("compare_runs", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_compare_runs_puts_steps_on_the_training_clock(tmp_path, capsys, monkeypatch):
+  """Two epochs of 10 steps taking 30 s and 50 s: step 5 is at 15 s, step 10 at 30 s, step 15
+  at 55 s; a bad --run is refused; the figure is written."""
+  compare = _compare_runs()
+  epochs = [{"step": 10, "epoch_time_s": 30.0}, {"step": 20, "epoch_time_s": 50.0}]
+  np.testing.assert_allclose(compare.training_seconds(epochs, [5, 10, 15, 20]),
+                             [15.0, 30.0, 55.0, 80.0])
+  np.testing.assert_allclose(compare.trailing_mean([1.0, 3.0, 5.0, 7.0], 2), [1, 2, 4, 6])
+  with MetricWriter(tmp_path) as writer:
+    for step in (5, 10):
+      writer.write(step, {"accuracy": 0.1 * step})
+    writer.write(10, {"epoch": 1, "epoch_time_s": 30.0, "validation_accuracy": 0.5},
+                 kind="epoch")
+  out = tmp_path / "cmp.png"
+  monkeypatch.setattr("sys.argv", ["compare_runs", "--out", str(out),
+                                   "--run", f"A=={tmp_path}"])
+  with pytest.raises(SystemExit, match="give LABEL=WORKDIR"):
+    compare.main()
+  monkeypatch.setattr("sys.argv", ["compare_runs", "--out", str(out), "--run", f"A={tmp_path}"])
+  compare.main()
+  printed = json.loads(capsys.readouterr().out.splitlines()[0])
+  assert printed["training_s"] == 30.0 and printed["validation_accuracy"] == 0.5
+  assert out.stat().st_size > 0

@@ -1,0 +1,106 @@
+"""Learning curves of several single runs in one figure, against training seconds and epochs.
+
+    python scripts/compare_runs.py --out docs/pixel_mnist_time_to_accuracy.png \
+        --run "LSTM 128=runs/pixel_lstm_3ep" --run "IRNN 128=runs/pixel_irnn" \
+        --run "RG-LRU 2x64=runs/pixel_rglru" [--title TEXT] [--smooth 10]
+
+Each `--run LABEL=WORKDIR` is a workdir written by `launch.py` (its metrics.jsonl, read as it
+stands after the last resume). Left: the validation accuracy after each epoch against training
+seconds, the epochs' summed `epoch_time_s` (evaluation and pauses between resumed sessions
+left out, as in the ablation plots). Middle: the training batch accuracy, the mean of the
+last `--smooth` logged batches, against training seconds, which within an epoch are
+interpolated from the step (the epoch's time spread evenly over its steps). Right: validation
+accuracy against epochs. Prints each run's epochs, training seconds and last validation and
+test accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rnn_jax import reporting  # pylint: disable=g-import-not-at-top
+
+
+def training_seconds(epochs: list[dict], steps: list[int]) -> np.ndarray:
+  """Training seconds at each of `steps`: the summed `epoch_time_s` of the epochs before it,
+  plus the step's share of its own epoch's time."""
+  ends = [0] + [r["step"] for r in epochs]
+  cumulative = np.cumsum([0.0] + [r["epoch_time_s"] for r in epochs])
+  seconds = []
+  for step in steps:
+    e = min(np.searchsorted(ends, step, side="left"), len(epochs))  # The epoch holding step.
+    e = max(e, 1)
+    start, end = ends[e - 1], ends[e]
+    share = (step - start) / max(end - start, 1)
+    seconds.append(cumulative[e - 1] + share * epochs[e - 1]["epoch_time_s"])
+  return np.asarray(seconds)
+
+
+def trailing_mean(values: list[float], window: int) -> np.ndarray:
+  """Mean of the last `window` values at each point (of all so far, for the first ones)."""
+  sums = np.cumsum(np.concatenate([[0.0], values]))
+  index = np.arange(1, len(values) + 1)
+  start = np.maximum(index - window, 0)
+  return (sums[index] - sums[start]) / (index - start)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--run", action="append", required=True, metavar="LABEL=WORKDIR")
+  parser.add_argument("--out", required=True, help="PNG to write")
+  parser.add_argument("--title", default="")
+  parser.add_argument("--smooth", type=int, default=10)
+  args = parser.parse_args()
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(17, 4.5), layout="constrained")
+  FigureCanvasAgg(fig)
+  ax_val, ax_batch, ax_epoch = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
+  for item in args.run:
+    label, sep, workdir = item.partition("=")
+    if not sep or not os.path.isdir(workdir):
+      raise SystemExit(f"--run {item!r}: give LABEL=WORKDIR with an existing workdir.")
+    epochs = reporting.read_metrics(workdir, "epoch")
+    if not epochs:
+      raise SystemExit(f"{workdir}: no finished epoch in its metrics.jsonl.")
+    train = reporting.read_metrics(workdir, "train")
+    evals = reporting.read_metrics(workdir, "eval")
+    seconds = np.cumsum([r["epoch_time_s"] for r in epochs])
+    val = [r["validation_accuracy"] for r in epochs]
+    line, = ax_val.plot(seconds, val, marker="o", label=label)
+    ax_epoch.plot(range(1, len(epochs) + 1), val, marker="o", label=label,
+                  color=line.get_color())
+    train = [r for r in train if r["step"] <= epochs[-1]["step"]]
+    if train:
+      ax_batch.plot(training_seconds(epochs, [r["step"] for r in train]),
+                    trailing_mean([r["accuracy"] for r in train], args.smooth), label=label,
+                    color=line.get_color())
+    test = evals[-1].get("test_accuracy") if evals else None
+    print(json.dumps({"run": label, "workdir": workdir, "epochs": len(epochs),
+                      "training_s": round(float(seconds[-1]), 1),
+                      "validation_accuracy": val[-1], "test_accuracy": test}))
+  ax_val.set(title="Validation accuracy against time", xlabel="training seconds",
+             ylabel="validation accuracy")
+  ax_batch.set(title=f"Training batch accuracy (mean of {args.smooth} logged batches)",
+               xlabel="training seconds", ylabel="accuracy")
+  ax_epoch.set(title="Validation accuracy against epochs", xlabel="epoch",
+               ylabel="validation accuracy")
+  for ax in (ax_val, ax_batch, ax_epoch):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  if args.title:
+    fig.suptitle(args.title)
+  fig.savefig(args.out, dpi=100)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
