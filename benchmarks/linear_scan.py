@@ -6,10 +6,11 @@ mode beside the LSTM and GRU, all measured in the same run.
 For each T: the real `train.train_step` (batch 64, 128 input features, hidden 128, one layer,
 10 classes from the last step, Adam) of lstm and gru (their step in a loop) and of mingru,
 minlstm, lru and rglru in scan_mode "sequential", "chunked" and "parallel" (and mingru and
-minlstm in "log", the paper's log-space form), compiled ahead of time, then timed in interleaved rounds (median). Prints ms per step, its ratio to the LSTM's
-at the same T (> 1: faster than the LSTM), XLA's temp memory (`memory_analysis()`, the
-activations kept for the backward pass) and the compile time; `--plot` draws ms and memory
-against T. What "auto" picks on this backend is printed first.
+minlstm in "log", the paper's log-space form), compiled ahead of time, then timed in
+interleaved rounds (median). Prints ms per step, its ratio to the LSTM's at the same T (> 1:
+faster than the LSTM), XLA's temp memory (`memory_analysis()`, the activations kept for the
+backward pass) and the compile time; `--plot` draws ms and memory against T. What "auto"
+picks on this backend is printed first.
 """
 
 from __future__ import annotations

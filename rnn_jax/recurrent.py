@@ -269,11 +269,13 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array, h0: jax.Array,
   """h_t = a_t * h_{t-1} + b_t from log a_t and log b_t (a_t, b_t > 0), in the log-space
   parallel form of Feng et al. 2024 (after Heinsen 2023): [time, ...] -> [time, ...],
 
-      a*_t = sum_{k<=t} log a_k,   h_t = exp(a*_t) h0 + exp(a*_t + logcumsumexp_{k<=t}(log b_k - a*_k))
+      a*_t = sum_{k<=t} log a_k
+      h_t = exp(a*_t) h0 + exp(a*_t + logcumsumexp_{k<=t}(log b_k - a*_k))
 
   two cumulative reductions of depth O(log T); no product of many a_k is formed in linear
   space, so none underflows before the end. h0 enters in linear space (any sign, or 0). Its
-  precision falls with |a*|: a relative error of ~|a*_t| ulp (1e-5 at |a*| ~ 100 in float32).
+  precision falls with |a*|: exp(a*_t - a*_k) comes from two large sums, so the relative
+  error is a few ulp per unit of |a*_t| (docs/cells.md).
 
   `restarts` [time, ...] bool: where True, step t reads `restart_states[t]` instead of h_{t-1}
   (h_t = a_t r_t + b_t); both sums restart there. Truncated BPTT passes the gradient-free
