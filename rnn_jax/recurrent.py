@@ -283,13 +283,16 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array, h0: jax.Array,
   b_t = 0 (padding) is log b_t = `LOG_ZERO`: finite, since the gradient of
   logaddexp(-inf, -inf) is NaN.
   """
-  starts = jnp.zeros(log_a.shape[:1] + (1,) * (log_a.ndim - 1), bool).at[0].set(True)
-  states = jnp.broadcast_to(h0, log_a.shape[1:])[None]  # The state each segment starts from.
-  if restarts is not None:
-    starts = starts | restarts
-    states = jnp.where(restarts, restart_states, states)
+  if restarts is None:  # One segment. Not lax.cumlogsumexp: far slower on XLA:CPU
+    # than an associative scan of logaddexp (docs/performance.md).
+    a_star = jax.lax.associative_scan(jnp.add, log_a, axis=0)
+    log_sums = jax.lax.associative_scan(jnp.logaddexp, log_b - a_star, axis=0)
+    return jnp.exp(a_star) * h0 + jnp.exp(a_star + log_sums)
+  starts = restarts | (jnp.arange(log_a.shape[0]) == 0).reshape(
+      (-1,) + (1,) * (log_a.ndim - 1))
+  states = jnp.where(restarts, restart_states, h0)  # The state each segment starts from ...
   first = lambda left, right: left
-  states = _segmented_cumulative(first, jnp.broadcast_to(states, log_a.shape), starts)
+  states = _segmented_cumulative(first, states, starts)  # ... at each of its steps.
   a_star = _segmented_cumulative(jnp.add, log_a, starts)
   log_sums = _segmented_cumulative(jnp.logaddexp, log_b - a_star, starts)
   return jnp.exp(a_star) * states + jnp.exp(a_star + log_sums)
