@@ -275,7 +275,9 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array, h0: jax.Array,
   two cumulative reductions of depth O(log T); no product of many a_k is formed in linear
   space, so none underflows before the end. h0 enters in linear space (any sign, or 0). Its
   precision falls with |a*|: exp(a*_t - a*_k) comes from two large sums, so the relative
-  error is a few ulp per unit of |a*_t| (docs/cells.md).
+  error is a few ulp per unit of |a*_t| (docs/cells.md). Derivatives do not go through that
+  form (whose autodiff cancels terms and loses far more): they follow the recurrence itself,
+  dh_t = a_t dh_{t-1} + a_t h_{t-1} dlog a_t + b_t dlog b_t, a `linear_scan` (parallel).
 
   `restarts` [time, ...] bool: where True, step t reads `restart_states[t]` instead of h_{t-1}
   (h_t = a_t r_t + b_t); both sums restart there. Truncated BPTT passes the gradient-free
@@ -283,11 +285,22 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array, h0: jax.Array,
   b_t = 0 (padding) is log b_t = `LOG_ZERO`: finite, since the gradient of
   logaddexp(-inf, -inf) is NaN.
   """
-  if restarts is None:  # One segment. Not lax.cumlogsumexp: far slower on XLA:CPU
-    # than an associative scan of logaddexp (docs/performance.md).
-    a_star = jax.lax.associative_scan(jnp.add, log_a, axis=0)
-    log_sums = jax.lax.associative_scan(jnp.logaddexp, log_b - a_star, axis=0)
-    return jnp.exp(a_star) * h0 + jnp.exp(a_star + log_sums)
+  if restarts is None:
+    return _log_scan(log_a, log_b, h0)
+  return _log_scan_restarting(log_a, log_b, h0, restarts, restart_states)
+
+
+@jax.custom_jvp
+def _log_scan(log_a, log_b, h0):
+  # Not lax.cumlogsumexp: far slower on XLA:CPU than an associative scan of logaddexp
+  # (docs/performance.md).
+  a_star = jax.lax.associative_scan(jnp.add, log_a, axis=0)
+  log_sums = jax.lax.associative_scan(jnp.logaddexp, log_b - a_star, axis=0)
+  return jnp.exp(a_star) * h0 + jnp.exp(a_star + log_sums)
+
+
+@jax.custom_jvp
+def _log_scan_restarting(log_a, log_b, h0, restarts, restart_states):
   starts = restarts | (jnp.arange(log_a.shape[0]) == 0).reshape(
       (-1,) + (1,) * (log_a.ndim - 1))
   states = jnp.where(restarts, restart_states, h0)  # The state each segment starts from ...
@@ -296,6 +309,36 @@ def log_linear_scan(log_a: jax.Array, log_b: jax.Array, h0: jax.Array,
   a_star = _segmented_cumulative(jnp.add, log_a, starts)
   log_sums = _segmented_cumulative(jnp.logaddexp, log_b - a_star, starts)
   return jnp.exp(a_star) * states + jnp.exp(a_star + log_sums)
+
+
+def _log_scan_tangent(hs, log_a, log_b, h0, restarts, restart_states, d_log_a, d_log_b, d_h0,
+                      d_restart_states):
+  """The tangent of h along the recurrence: dh_t = a'_t dh_{t-1} + x_t with a'_t = 0 at a
+  restart, x_t = a_t p_t dlog a_t + b_t dlog b_t (+ a_t dr_t at a restart), p_t the state
+  step t reads. Linear in the tangents, so reverse mode transposes it: the gradient is as
+  accurate as `linear_scan`'s."""
+  a = jnp.exp(log_a)
+  prev = jnp.concatenate([h0[None], hs[:-1]])
+  x = a * prev * d_log_a + jnp.exp(log_b) * d_log_b
+  if restarts is not None:
+    prev = jnp.where(restarts, restart_states, prev)
+    x = a * prev * d_log_a + jnp.exp(log_b) * d_log_b + jnp.where(
+        restarts, a * d_restart_states, jnp.zeros_like(x))
+    a = jnp.where(restarts, jnp.zeros_like(a), a)
+  return linear_scan(a, x, d_h0, "parallel")
+
+
+@_log_scan.defjvp
+def _log_scan_jvp(primals, tangents):
+  hs = _log_scan(*primals)
+  return hs, _log_scan_tangent(hs, *primals, None, None, *tangents, None)
+
+
+@_log_scan_restarting.defjvp
+def _log_scan_restarting_jvp(primals, tangents):
+  hs = _log_scan_restarting(*primals)
+  d_log_a, d_log_b, d_h0, _, d_restart_states = tangents
+  return hs, _log_scan_tangent(hs, *primals, d_log_a, d_log_b, d_h0, d_restart_states)
 
 
 def _scan_linear(linear: cells_lib.LinearRecurrence, params: Params, xs: jax.Array,
@@ -370,7 +413,7 @@ def _log_states(linear: cells_lib.LinearRecurrence, weights: Params, xs: jax.Arr
     a, p = jnp.exp(log_a), linear.state(probes)
     if restarts is not None:  # The probes' part before a cut is in restart_states.
       a = jnp.where(restarts, jnp.zeros_like(a), a)
-    return hs + linear_scan(a, p, jnp.zeros_like(h0), "sequential")
+    return hs + linear_scan(a, p, jnp.zeros_like(h0), "parallel")
 
   if cut is None:
     return states(None, None)

@@ -58,6 +58,8 @@ def main() -> None:
   parser.add_argument("--title", default="")
   parser.add_argument("--smooth", type=int, default=10)
   args = parser.parse_args()
+  if args.smooth < 1:
+    raise SystemExit(f"--smooth must be >= 1 (logged batches averaged), got {args.smooth}.")
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
@@ -74,11 +76,16 @@ def main() -> None:
     train = reporting.read_metrics(workdir, "train")
     evals = reporting.read_metrics(workdir, "eval")
     seconds = np.cumsum([r["epoch_time_s"] for r in epochs])
-    val = [r["validation_accuracy"] for r in epochs]
-    line, = ax_val.plot(seconds, val, marker="o", label=label)
-    ax_epoch.plot(range(1, len(epochs) + 1), val, marker="o", label=label,
-                  color=line.get_color())
-    train = [r for r in train if r["step"] <= epochs[-1]["step"]]
+    # Epochs without an evaluation (eval_every_epochs > 1) have no point on the curve.
+    evaluated = [i for i, r in enumerate(epochs) if "validation_accuracy" in r]
+    if not evaluated:
+      raise SystemExit(f"{workdir}: no epoch record has a validation_accuracy (a classifier "
+                       "run with a validation split is needed).")
+    val = [epochs[i]["validation_accuracy"] for i in evaluated]
+    line, = ax_val.plot(seconds[evaluated], val, marker="o", label=label)
+    ax_epoch.plot([epochs[i].get("epoch", i + 1) for i in evaluated], val, marker="o",
+                  label=label, color=line.get_color())
+    train = [r for r in train if r["step"] <= epochs[-1]["step"] and "accuracy" in r]
     if train:
       ax_batch.plot(training_seconds(epochs, [r["step"] for r in train]),
                     trailing_mean([r["accuracy"] for r in train], args.smooth), label=label,

@@ -228,16 +228,18 @@ def _compare_runs():
 
 def test_compare_runs_puts_steps_on_the_training_clock(tmp_path, capsys, monkeypatch):
   """Two epochs of 10 steps taking 30 s and 50 s: step 5 is at 15 s, step 10 at 30 s, step 15
-  at 55 s; a bad --run is refused; the figure is written."""
+  at 55 s; a bad --run is refused; an epoch without evaluation is left off the curve; the
+  figure is written."""
   compare = _compare_runs()
   epochs = [{"step": 10, "epoch_time_s": 30.0}, {"step": 20, "epoch_time_s": 50.0}]
   np.testing.assert_allclose(compare.training_seconds(epochs, [5, 10, 15, 20]),
                              [15.0, 30.0, 55.0, 80.0])
   np.testing.assert_allclose(compare.trailing_mean([1.0, 3.0, 5.0, 7.0], 2), [1, 2, 4, 6])
   with MetricWriter(tmp_path) as writer:
-    for step in (5, 10):
-      writer.write(step, {"accuracy": 0.1 * step})
-    writer.write(10, {"epoch": 1, "epoch_time_s": 30.0, "validation_accuracy": 0.5},
+    for step in (5, 10, 15, 20):
+      writer.write(step, {"accuracy": 0.01 * step})
+    writer.write(10, {"epoch": 1, "epoch_time_s": 30.0}, kind="epoch")  # Not evaluated.
+    writer.write(20, {"epoch": 2, "epoch_time_s": 50.0, "validation_accuracy": 0.5},
                  kind="epoch")
   out = tmp_path / "cmp.png"
   monkeypatch.setattr("sys.argv", ["compare_runs", "--out", str(out),
@@ -247,5 +249,5 @@ def test_compare_runs_puts_steps_on_the_training_clock(tmp_path, capsys, monkeyp
   monkeypatch.setattr("sys.argv", ["compare_runs", "--out", str(out), "--run", f"A={tmp_path}"])
   compare.main()
   printed = json.loads(capsys.readouterr().out.splitlines()[0])
-  assert printed["training_s"] == 30.0 and printed["validation_accuracy"] == 0.5
+  assert printed["training_s"] == 80.0 and printed["validation_accuracy"] == 0.5
   assert out.stat().st_size > 0
