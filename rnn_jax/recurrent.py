@@ -319,11 +319,11 @@ def _log_scan_tangent(hs, log_a, log_b, h0, restarts, restart_states, d_log_a, d
   accurate as `linear_scan`'s."""
   a = jnp.exp(log_a)
   prev = jnp.concatenate([h0[None], hs[:-1]])
-  x = a * prev * d_log_a + jnp.exp(log_b) * d_log_b
   if restarts is not None:
     prev = jnp.where(restarts, restart_states, prev)
-    x = a * prev * d_log_a + jnp.exp(log_b) * d_log_b + jnp.where(
-        restarts, a * d_restart_states, jnp.zeros_like(x))
+  x = a * prev * d_log_a + jnp.exp(log_b) * d_log_b
+  if restarts is not None:
+    x = x + jnp.where(restarts, a * d_restart_states, jnp.zeros_like(x))
     a = jnp.where(restarts, jnp.zeros_like(a), a)
   return linear_scan(a, x, d_h0, "parallel")
 
