@@ -2,16 +2,17 @@
 
     python scripts/compare_runs.py --out docs/pixel_mnist_time_to_accuracy.png \
         --run "LSTM 128=runs/pixel_lstm_3ep" --run "IRNN 128=runs/pixel_irnn" \
-        --run "RG-LRU 2x64=runs/pixel_rglru" [--title TEXT] [--smooth 10]
+        --run "RG-LRU 2x64=runs/pixel_rglru" [--title TEXT] [--smooth 10] [--metric loss]
 
 Each `--run LABEL=WORKDIR` is a workdir written by `launch.py` (its metrics.jsonl, read as it
-stands after the last resume). Left: the validation accuracy after each epoch against training
-seconds, the epochs' summed `epoch_time_s` (evaluation and pauses between resumed sessions
-left out, as in the ablation plots). Middle: the training batch accuracy, the mean of the
-last `--smooth` logged batches, against training seconds, which within an epoch are
-interpolated from the step (the epoch's time spread evenly over its steps). Right: validation
-accuracy against epochs. Prints each run's epochs, training seconds and last validation and
-test accuracy.
+stands after the last resume; an ablation's run is DIR/<setting>/seed_<s>). Left: the
+validation `--metric` (accuracy, or loss for regression such as the adding problem) after
+each epoch against training seconds, the epochs' summed `epoch_time_s` (evaluation and pauses
+between resumed sessions left out, as in the ablation plots). Middle: the training batch
+metric, the mean of the last `--smooth` logged batches, against training seconds, which
+within an epoch are interpolated from the step (the epoch's time spread evenly over its
+steps). Right: the validation metric against epochs. Prints each run's epochs, training
+seconds and last validation and test metric.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def main() -> None:
   parser.add_argument("--out", required=True, help="PNG to write")
   parser.add_argument("--title", default="")
   parser.add_argument("--smooth", type=int, default=10)
+  parser.add_argument("--metric", default="accuracy", choices=("accuracy", "loss"))
   args = parser.parse_args()
   if args.smooth < 1:
     raise SystemExit(f"--smooth must be >= 1 (logged batches averaged), got {args.smooth}.")
@@ -77,29 +79,29 @@ def main() -> None:
     evals = reporting.read_metrics(workdir, "eval")
     seconds = np.cumsum([r["epoch_time_s"] for r in epochs])
     # Epochs without an evaluation (eval_every_epochs > 1) have no point on the curve.
-    evaluated = [i for i, r in enumerate(epochs) if "validation_accuracy" in r]
+    evaluated = [i for i, r in enumerate(epochs) if f"validation_{args.metric}" in r]
     if not evaluated:
-      raise SystemExit(f"{workdir}: no epoch record has a validation_accuracy (a classifier "
-                       "run with a validation split is needed).")
-    val = [epochs[i]["validation_accuracy"] for i in evaluated]
+      raise SystemExit(f"{workdir}: no epoch record has a validation_{args.metric} (a run "
+                       "with a validation split is needed; --metric loss for regression).")
+    val = [epochs[i][f"validation_{args.metric}"] for i in evaluated]
     line, = ax_val.plot(seconds[evaluated], val, marker="o", label=label)
     ax_epoch.plot([epochs[i].get("epoch", i + 1) for i in evaluated], val, marker="o",
                   label=label, color=line.get_color())
-    train = [r for r in train if r["step"] <= epochs[-1]["step"] and "accuracy" in r]
+    train = [r for r in train if r["step"] <= epochs[-1]["step"] and args.metric in r]
     if train:
       ax_batch.plot(training_seconds(epochs, [r["step"] for r in train]),
-                    trailing_mean([r["accuracy"] for r in train], args.smooth), label=label,
+                    trailing_mean([r[args.metric] for r in train], args.smooth), label=label,
                     color=line.get_color())
-    test = evals[-1].get("test_accuracy") if evals else None
+    test = evals[-1].get(f"test_{args.metric}") if evals else None
     print(json.dumps({"run": label, "workdir": workdir, "epochs": len(epochs),
                       "training_s": round(float(seconds[-1]), 1),
-                      "validation_accuracy": val[-1], "test_accuracy": test}))
-  ax_val.set(title="Validation accuracy against time", xlabel="training seconds",
-             ylabel="validation accuracy")
-  ax_batch.set(title=f"Training batch accuracy (mean of {args.smooth} logged batches)",
-               xlabel="training seconds", ylabel="accuracy")
-  ax_epoch.set(title="Validation accuracy against epochs", xlabel="epoch",
-               ylabel="validation accuracy")
+                      f"validation_{args.metric}": val[-1], f"test_{args.metric}": test}))
+  ax_val.set(title=f"Validation {args.metric} against time", xlabel="training seconds",
+             ylabel=f"validation {args.metric}")
+  ax_batch.set(title=f"Training batch {args.metric} (mean of {args.smooth} logged batches)",
+               xlabel="training seconds", ylabel=args.metric)
+  ax_epoch.set(title=f"Validation {args.metric} against epochs", xlabel="epoch",
+               ylabel=f"validation {args.metric}")
   for ax in (ax_val, ax_batch, ax_epoch):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
