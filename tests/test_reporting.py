@@ -251,3 +251,7 @@ def test_compare_runs_puts_steps_on_the_training_clock(tmp_path, capsys, monkeyp
   printed = json.loads(capsys.readouterr().out.splitlines()[0])
   assert printed["training_s"] == 80.0 and printed["validation_accuracy"] == 0.5
   assert out.stat().st_size > 0
+  monkeypatch.setattr("sys.argv", ["compare_runs", "--out", str(out), "--run", f"A={tmp_path}",
+                                   "--metric", "loss"])
+  with pytest.raises(SystemExit, match="no epoch record has a validation_loss"):
+    compare.main()
