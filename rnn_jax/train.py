@@ -214,6 +214,15 @@ class Runner:
     (each seed's own batch; see `stack_batches`).
   The first three compute the same update on the same global batch. Under "vmap" the states
   and batches given to the methods are sequences, one per seed.
+
+  Under "sharded" and "pmap" the metrics come back on the first local device, and on CPU each
+  step finishes before `train` returns: XLA:CPU runs the replicas of a multi-device program
+  on a pool with one thread per device, and a launch that finds 32 programs already queued on
+  a device waits on one of those threads. With enough small programs queued behind a step
+  (indexing replicated metrics, summing them), the waiting launches hold the threads the
+  step's last replica needs, its all-reduce never completes, and XLA aborts the process
+  after 40 s ("Termination timeout ... only 3 of them arrived"). Keeping one step in flight
+  and the metrics on one device leaves no queue to build.
   """
 
   def __init__(self, mode: str, model: models.SequenceModel, tx: optax.GradientTransformation,
@@ -225,6 +234,8 @@ class Runner:
       raise ValueError(f"parallel={mode!r} with {rows} row(s): 'vmap' is for several seeds, "
                        "the other modes for one run.")
     self.mode, self.rows, self._can_pad = mode, rows, can_pad
+    self._one_step_in_flight = (mode in ("sharded", "pmap") and jax.default_backend() == "cpu"
+                                and jax.local_device_count() > 1)
     self._compiled = {}  # Batch shapes -> ahead-of-time compiled train step.
     step = functools.partial(train_step, model=model, tx=tx, schedule=schedule)
     evaluate = functools.partial(eval_step, model=model)
@@ -266,18 +277,17 @@ class Runner:
 
   def get_state(self, state: TrainState) -> TrainState:
     """One host copy of the state (under pmap: the first replica; under vmap: all seeds)."""
-    if self.mode == "pmap":
-      state = jax.tree.map(lambda x: x[0], state)
+    if self.mode == "pmap":  # Copied from the first device, then indexed on the host.
+      return jax.tree.map(lambda x: np.asarray(x)[0],
+                          jax.device_get(first_device_copy(state)))
     return jax.device_get(state)
 
   def host_states(self, state: TrainState) -> list[TrainState]:
     """One host copy of the state per row (under pmap: of the first replica)."""
-    state = jax.device_get(state)
     if self.mode == "vmap":
+      state = jax.device_get(state)
       return [jax.tree.map(lambda x, i=i: x[i], state) for i in range(self.rows)]
-    if self.mode == "pmap":
-      state = jax.tree.map(lambda x: x[0], state)
-    return [state]
+    return [self.get_state(state)]
 
   def put_batch(self, batch: Batch | Sequence[Batch]) -> Batch:
     """This process's NumPy batch (under "vmap": one per seed) -> the device arrays of the
@@ -297,15 +307,24 @@ class Runner:
     batch = self.put_batch(batch)
     step = self._compiled.get(_shapes(batch), self._train)
     state, metrics = step(state, batch)
-    if self.mode == "pmap":
-      metrics = jax.tree.map(lambda x: x[0], metrics)
+    metrics = self._on_one_device(metrics)
+    if self._one_step_in_flight:
+      jax.block_until_ready(state)
     return state, metrics
 
   def eval(self, params: Any, batch: Batch | Sequence[Batch]) -> dict[str, jax.Array]:
-    sums = self._eval(params, self.put_batch(batch))
-    if self.mode == "pmap":
-      sums = jax.tree.map(lambda x: x[0], sums)
+    sums = self._on_one_device(self._eval(params, self.put_batch(batch)))
+    if self._one_step_in_flight:
+      jax.block_until_ready(sums)
     return sums
+
+  def _on_one_device(self, metrics: Metrics) -> Metrics:
+    """Replicated metrics -> their copy on the first local device (under pmap: replica 0's)."""
+    if self.mode == "pmap":
+      return jax.tree.map(lambda x: x[0], first_device_copy(metrics))
+    if self.mode == "sharded":
+      return first_device_copy(metrics)
+    return metrics
 
   def compile(self, state: TrainState, batch: Batch | Sequence[Batch]) -> float:
     """Compiles the train step for the batch's shapes ahead of time; returns seconds taken."""
@@ -316,6 +335,12 @@ class Runner:
     else:
       self._compiled[_shapes(batch)] = self._train.lower(state, batch).compile()
     return time.perf_counter() - start
+
+
+def first_device_copy(tree: Any) -> Any:
+  """Each leaf's shard on the first local device, without running a program (a replicated
+  leaf: its whole value; a pmap leaf [devices, ...]: [1, ...], replica 0)."""
+  return jax.tree.map(lambda x: x.addressable_data(0), tree)
 
 
 def _shapes(batch: Batch) -> tuple:

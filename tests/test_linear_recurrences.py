@@ -352,12 +352,10 @@ def test_scan_mode_is_how_not_what_a_run_resumes_in_another(tmp_path):
 
 
 @pytest.mark.parametrize("cell,modes", [("mingru", ("sharded", "pmap")),
-                                        ("rglru", ("sharded",))])
+                                        ("rglru", ("sharded", "pmap"))])
 def test_jit_sharded_and_pmap_agree_with_dropout_on(cell, modes):
   """A residual stack of linear recurrences with dropout on 4 devices: the ways to use them
-  train the same parameters, and dropout does act. pmap only with the minGRU: an RG-LRU (or
-  LRU) pmap program, in a process that had run another pmap program first, aborted XLA:CPU
-  (docs/reliability.md)."""
+  train the same parameters, and dropout does act."""
   assert jax.device_count() == 4
   config = tiny_config(cell=cell, block="residual", batch_size=32, dropout_rate=0.3,
                        num_layers=2, variational_dropout=True)
@@ -461,16 +459,15 @@ def test_vmapped_seeds_of_a_residual_lru_equal_a_run_on_its_own(tmp_path):
 
 
 def test_lru_with_dropout_trains_alike_on_one_and_four_devices():
-  """The LRU (complex state) with dropout: one device and a batch sharded over 4 train the same
-  parameters. (pmap is checked with the real-valued cells above: an LRU under pmap, in a
-  process that had run another pmap program first, aborted XLA:CPU here.)"""
+  """The LRU (complex state) with dropout: one device, a batch sharded over 4 and pmap over 4
+  train the same parameters."""
   assert jax.device_count() == 4
   config = tiny_config(cell="lru", block="residual", batch_size=32, dropout_rate=0.3,
                        num_layers=2)
   with tfds.testing.mock_data(num_examples=128):
     task = data.load(config)
   batches = [b for _, b in zip(range(3), task.train_batches(0))]
-  results = params_after_training_in_modes(config, train.build_model(config, task), batches,
-                                           ("jit", "sharded"))
-  for a, b in zip(jax.tree.leaves(results["jit"]), jax.tree.leaves(results["sharded"])):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  results = params_after_training_in_modes(config, train.build_model(config, task), batches)
+  for mode in ("sharded", "pmap"):
+    for a, b in zip(jax.tree.leaves(results["jit"]), jax.tree.leaves(results[mode])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=mode)
