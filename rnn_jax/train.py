@@ -217,8 +217,8 @@ class Runner:
 
   Under "sharded" and "pmap" the metrics come back on the first local device, and on CPU each
   step finishes before `train` returns: XLA:CPU runs the replicas of a multi-device program
-  on a pool with one thread per device, and a launch that finds 32 programs already queued on
-  a device waits on one of those threads. With enough small programs queued behind a step
+  on a pool of max(cores, devices) threads, and a launch that finds 32 programs already
+  queued on a device waits on one of those threads. With enough small programs queued behind a step
   (indexing replicated metrics, summing them), the waiting launches hold the threads the
   step's last replica needs, its all-reduce never completes, and XLA aborts the process
   after 40 s ("Termination timeout ... only 3 of them arrived"). Keeping one step in flight
@@ -277,9 +277,8 @@ class Runner:
 
   def get_state(self, state: TrainState) -> TrainState:
     """One host copy of the state (under pmap: the first replica; under vmap: all seeds)."""
-    if self.mode == "pmap":  # Copied from the first device, then indexed on the host.
-      return jax.tree.map(lambda x: np.asarray(x)[0],
-                          jax.device_get(first_device_copy(state)))
+    if self.mode == "pmap":  # Replica 0, copied from the first device's shard.
+      return jax.device_get(first_replica(state))
     return jax.device_get(state)
 
   def host_states(self, state: TrainState) -> list[TrainState]:
@@ -321,26 +320,27 @@ class Runner:
   def _on_one_device(self, metrics: Metrics) -> Metrics:
     """Replicated metrics -> their copy on the first local device (under pmap: replica 0's)."""
     if self.mode == "pmap":
-      return jax.tree.map(lambda x: x[0], first_device_copy(metrics))
+      return first_replica(metrics)
     if self.mode == "sharded":
-      return first_device_copy(metrics)
+      return jax.tree.map(lambda x: x.addressable_data(0), metrics)
     return metrics
 
   def compile(self, state: TrainState, batch: Batch | Sequence[Batch]) -> float:
     """Compiles the train step for the batch's shapes ahead of time; returns seconds taken."""
     start = time.perf_counter()
     batch = self.put_batch(batch)
-    if self.mode == "pmap":  # pmap has no AOT path that its call reuses: time a throwaway step.
-      jax.block_until_ready(self._train(jax.tree.map(jnp.copy, state), batch))
+    if self.mode == "pmap":  # pmap has no AOT path that its call reuses: time a throwaway step
+      # (on a fresh copy of the state from the host: the step donates its input).
+      jax.block_until_ready(self._train(self.put_state(self.get_state(state)), batch))
     else:
       self._compiled[_shapes(batch)] = self._train.lower(state, batch).compile()
     return time.perf_counter() - start
 
 
-def first_device_copy(tree: Any) -> Any:
-  """Each leaf's shard on the first local device, without running a program (a replicated
-  leaf: its whole value; a pmap leaf [devices, ...]: [1, ...], replica 0)."""
-  return jax.tree.map(lambda x: x.addressable_data(0), tree)
+def first_replica(tree: Any) -> Any:
+  """pmap leaves [devices, ...] -> replica 0's [...], read from the first local device's shard
+  (no multi-device program; see `Runner`)."""
+  return jax.tree.map(lambda x: x.addressable_data(0).reshape(x.shape[1:]), tree)
 
 
 def _shapes(batch: Batch) -> tuple:

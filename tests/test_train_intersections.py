@@ -85,7 +85,8 @@ def test_a_row_draws_the_same_masks_whatever_the_rest_of_the_batch(dropout_mode)
 
 
 @pytest.mark.parametrize("mode", ["sharded", "pmap"])
-def test_multi_device_steps_hand_back_metrics_on_one_device_and_finish_on_cpu(mode):
+def test_multi_device_steps_hand_back_metrics_on_one_device_and_finish_on_cpu(mode,
+                                                                              monkeypatch):
   """On CPU, `Runner.train` returns with its step finished and the metrics on one device, so
   no queue of multi-device programs can build up behind a step (see `Runner`); the metrics
   equal the jit run's."""
@@ -94,13 +95,17 @@ def test_multi_device_steps_hand_back_metrics_on_one_device_and_finish_on_cpu(mo
   batch = {"inputs": np.random.default_rng(0).normal(size=(8, 5, 3)).astype(np.float32),
            "lengths": np.array([5, 4, 3, 5, 2, 1, 5, 5], np.int32),
            "labels": np.array([0, 1, 1, 0, 1, 0, 0, 1], np.int32)}
-  metrics = {}
+  metrics, waited = {}, []
+  block_until_ready = jax.block_until_ready
+  monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or block_until_ready(x))
   for m in ("jit", mode):
     runner = train.Runner(m, model, tx)
     state, metrics[m] = runner.train(runner.put_state(train.create_train_state(model, tx, 0)),
                                      batch)
-  assert all(len(x.devices()) == 1 and x.is_ready() for x in jax.tree.leaves(metrics[mode]))
-  assert all(x.is_ready() for x in jax.tree.leaves(state))
+    # The step was waited for inside `train` (not for jit: nothing queues behind one device).
+    assert [x is state for x in waited] == ([] if m == "jit" else [True]), m
+    waited.clear()
+  assert all(len(x.devices()) == 1 for x in jax.tree.leaves(metrics[mode]))
   for k in metrics["jit"]:
     np.testing.assert_allclose(metrics[mode][k], metrics["jit"][k], rtol=1e-5, err_msg=k)
 
