@@ -218,11 +218,11 @@ class Runner:
   Under "sharded" and "pmap" the metrics come back on the first local device, and on CPU each
   step finishes before `train` returns: XLA:CPU runs the replicas of a multi-device program
   on a pool of max(cores, devices) threads, and a launch that finds 32 programs already
-  queued on a device waits on one of those threads. With enough small programs queued behind a step
-  (indexing replicated metrics, summing them), the waiting launches hold the threads the
-  step's last replica needs, its all-reduce never completes, and XLA aborts the process
-  after 40 s ("Termination timeout ... only 3 of them arrived"). Keeping one step in flight
-  and the metrics on one device leaves no queue to build.
+  queued on a device waits on one of those threads. With enough small programs queued
+  behind a step (indexing replicated metrics, summing them), the waiting launches hold the
+  threads the step's last replica needs, its all-reduce never completes, and XLA aborts the
+  process after 40 s ("Termination timeout ... only 3 of them arrived"). Keeping one step in
+  flight and the metrics on one device leaves no queue to build.
   """
 
   def __init__(self, mode: str, model: models.SequenceModel, tx: optax.GradientTransformation,
