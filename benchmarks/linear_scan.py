@@ -34,6 +34,7 @@ def main() -> None:
   parser.add_argument("--plot", default="", help="write a PNG of ms and memory against T")
   args = parser.parse_args()
   from rnn_jax import cli
+  cli.restart_with_malloc_tunables()  # As launch.py and rnn_jax.ablate: the same for every cell.
   cli.setup_process()
   import jax
   import numpy as np

@@ -476,5 +476,6 @@ if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   from rnn_jax import cli  # pylint: disable=g-import-not-at-top
   cli.define_flags("A sweep config, e.g. configs/ablate_mnist_cells.py.")
+  cli.restart_with_malloc_tunables()
   cli.setup_process()
   app.run(main, flags_parser=cli.parse_flags)

@@ -15,7 +15,9 @@ call it before JAX starts):
   fusions): the small recurrent matmuls of an RNN step run faster without those fusions on
   x86 CPUs (benchmarks/speed.py measures it; docs/performance.md has the figures);
 - a log filter that keeps Orbax's warnings and errors but not its INFO lines (a dozen per save);
-- on glibc, a re-exec with MALLOC_TUNABLES (`_reexec_with_malloc_tunables`, below).
+- on glibc, a restart with MALLOC_TUNABLES (`restart_with_malloc_tunables`, below), called
+  by the commands that train or time long sequences (`launch.py`, `python -m rnn_jax.ablate`,
+  `python -m benchmarks.linear_scan`) before anything else.
 """
 
 import logging
@@ -97,12 +99,16 @@ def _xla_flag_known() -> bool:
 # glibc hands every allocation above 32 MiB back to the OS on free and maps it afresh on the next
 # malloc, so each training step of a long-sequence or IMDB-sized model page-faults through its
 # large XLA temp buffers again: keeping freed memory in the process avoids those page faults
-# (docs/performance.md has the counts). glibc reads this only at process start, hence the
-# re-exec below.
-MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
+# (docs/performance.md has the counts). That holds only for the main heap: an allocation made on
+# another thread (XLA's) that exceeds glibc's per-thread heap (64 MiB) is still mapped afresh
+# each time, one fault per 4 KiB page, so `hugetlb=1` asks for transparent huge pages on such
+# mappings (2 MiB per fault; ignored where the kernel or glibc lacks them). glibc reads this
+# only at process start, hence the restart below.
+MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:"
+                   "glibc.malloc.hugetlb=1")
 
 
-def _reexec_with_malloc_tunables() -> None:
+def restart_with_malloc_tunables() -> None:
   """Restarts this command once with MALLOC_TUNABLES, unless GLIBC_TUNABLES is set already.
 
   Any GLIBC_TUNABLES value, even an empty one, is left alone (`GLIBC_TUNABLES= python
@@ -170,6 +176,6 @@ def run() -> None:
   # absl's --help lists the main script's flags; ours are defined here, so adopt them there.
   for name in ("config", "workdir"):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-  _reexec_with_malloc_tunables()
+  restart_with_malloc_tunables()
   setup_process()
   app.run(main, flags_parser=parse_flags)

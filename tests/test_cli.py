@@ -43,3 +43,34 @@ def test_config_mistakes_are_one_line(tmp_path, make_args, expected, module):
   assert code == 2, lines
   assert len(lines) == 1 and expected in lines[0], lines
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("preset", [None, "", "glibc.malloc.mmap_max=0"],
+                         ids=["unset", "empty", "user_value"])
+def test_commands_restart_once_with_the_malloc_tunables_unless_the_user_set_them(
+    tmp_path, preset):
+  """`restart_with_malloc_tunables` (launch.py, rnn_jax.ablate, benchmarks/linear_scan.py):
+  the command runs again, once, with MALLOC_TUNABLES (huge pages included) in its
+  environment; any GLIBC_TUNABLES the user set, even an empty one, is kept and nothing
+  restarts."""
+  script = tmp_path / "command.py"
+  script.write_text(
+      "import os, sys\n"
+      f"sys.path.insert(0, {REPO!r})\n"
+      "print('start', flush=True)\n"
+      "from rnn_jax import cli\n"
+      "cli.restart_with_malloc_tunables()\n"
+      "print('tunables', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n")
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  if preset is not None:
+    env["GLIBC_TUNABLES"] = preset
+  result = subprocess.run([sys.executable, str(script), "--flag=1"], capture_output=True,
+                          text=True, env=env, timeout=60)
+  assert result.returncode == 0, result.stderr
+  from rnn_jax import cli
+  if preset is None:
+    assert "glibc.malloc.hugetlb=1" in cli.MALLOC_TUNABLES
+    assert result.stdout.splitlines() == [
+        "start", "start", f"tunables {cli.MALLOC_TUNABLES} ['--flag=1']"]
+  else:
+    assert result.stdout.splitlines() == ["start", f"tunables {preset} ['--flag=1']"]
