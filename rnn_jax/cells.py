@@ -303,13 +303,12 @@ def matmul(a: jax.Array, w: jax.Array) -> jax.Array:
   elementwise state update stay float32. Float32 (or float64) weights give exactly `a @ w`.
 
   `a` may have any number of leading axes ([time, batch, in] for a whole sequence's
-  projection); they are flattened into one first, because XLA:CPU runs the weight gradient
-  of a dot that contracts two axes (time and batch) several times slower than the same
-  product on the flattened matrix (docs/performance.md).
+  projection); against a weight matrix they are flattened into one first, because XLA:CPU
+  runs the weight gradient of a dot that contracts two axes (time and batch) several times
+  slower than the same product on the flattened matrix (docs/performance.md).
   """
-  if a.ndim > 2:
-    flat = matmul(a.reshape(-1, a.shape[-1]), w)
-    return flat.reshape(a.shape[:-1] + flat.shape[-1:])
+  if a.ndim > 2 and w.ndim == 2:
+    return matmul(a.reshape(-1, a.shape[-1]), w).reshape(a.shape[:-1] + w.shape[1:])
   if w.dtype not in LOW_PRECISION:
     return a @ w
   return _low_precision_matmul(a, w)

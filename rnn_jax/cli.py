@@ -17,7 +17,7 @@ call it before JAX starts):
 - a log filter that keeps Orbax's warnings and errors but not its INFO lines (a dozen per save);
 - on glibc, a restart with MALLOC_TUNABLES (`restart_with_malloc_tunables`, below), called
   by the commands that train or time long sequences (`launch.py`, `python -m rnn_jax.ablate`,
-  `python -m benchmarks.linear_scan`) before anything else.
+  `python -m benchmarks.linear_scan`) before JAX starts.
 """
 
 import logging

@@ -214,7 +214,8 @@ def linear_scan(a: jax.Array, b: jax.Array, h0: jax.Array, mode: str = "parallel
   iterations), then h = local + (product of a within the chunk) * (the chunk's start): no
   division, so it is exact where a_t underflows to 0.
 
-  Derivatives follow the recurrence itself (`_linear_scan_jvp`), in the same mode.
+  Derivatives follow the recurrence itself (`_linear_scan_jvp`): the same scan, in the same
+  mode, on the tangents.
   """
   return _linear_scan(a, b, h0, mode)
 
@@ -227,17 +228,20 @@ def _linear_scan(a, b, h0, mode):
 @_linear_scan.defjvp
 def _linear_scan_jvp(mode, primals, tangents):
   """dh_t = a_t dh_{t-1} + (da_t h_{t-1} + db_t): the same linear scan on tangents, which
-  reverse mode transposes into one reverse scan of the cotangents. Autodiff of the scan body
-  instead stacks h_{t-1} inside the forward loop and emits da_t and db_t from inside the
-  backward loop, more memory traffic per step for the same numbers."""
+  reverse mode transposes (in "sequential" mode: one reverse `lax.scan` of the cotangents,
+  with da and db formed outside the loop). Autodiff of the scan body instead stacks h_{t-1}
+  inside the forward loop and emits da_t and db_t from inside the backward loop, more memory
+  traffic per step for the same numbers. The tangent scan is `_linear_scan` again, so
+  higher derivatives follow the same rule."""
   a, b, h0 = primals
   da, db, dh0 = tangents
   hs = _evaluate_linear_scan(a, b, h0, mode)
-  h_prev = jnp.concatenate([h0[None], hs[:-1]])
-  return hs, _evaluate_linear_scan(a, da * h_prev + db, dh0, mode)
+  h_prev = jnp.concatenate([jnp.broadcast_to(h0, hs.shape[1:])[None], hs[:-1]])
+  return hs, _linear_scan(a, da * h_prev + db, dh0, mode)
 
 
 def _evaluate_linear_scan(a, b, h0, mode):
+  """`linear_scan`'s values in `mode` (checked here), differentiated by `_linear_scan_jvp`."""
   if mode == "sequential":
     def body(h, ab):
       h = ab[0] * h + ab[1]

@@ -1,7 +1,9 @@
 """The command line: each mistake in a config file or an override is one line on stderr
 (what, where, the fix) and exit status 2, and nothing is written to the workdir."""
 
+import glob
 import os
+import platform
 import subprocess
 import sys
 
@@ -45,14 +47,14 @@ def test_config_mistakes_are_one_line(tmp_path, make_args, expected, module):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc tunables only")
 @pytest.mark.parametrize("preset", [None, "", "glibc.malloc.mmap_max=0"],
                          ids=["unset", "empty", "user_value"])
-def test_commands_restart_once_with_the_malloc_tunables_unless_the_user_set_them(
+def test_restart_happens_once_with_the_malloc_tunables_unless_the_user_set_them(
     tmp_path, preset):
-  """`restart_with_malloc_tunables` (launch.py, rnn_jax.ablate, benchmarks/linear_scan.py):
-  the command runs again, once, with MALLOC_TUNABLES (huge pages included) in its
-  environment; any GLIBC_TUNABLES the user set, even an empty one, is kept and nothing
-  restarts."""
+  """`restart_with_malloc_tunables`, as a command calls it first: the command runs again,
+  once, with MALLOC_TUNABLES in its environment and its arguments; any GLIBC_TUNABLES the
+  user set, even an empty one, is kept and nothing restarts."""
   script = tmp_path / "command.py"
   script.write_text(
       "import os, sys\n"
@@ -69,8 +71,22 @@ def test_commands_restart_once_with_the_malloc_tunables_unless_the_user_set_them
   assert result.returncode == 0, result.stderr
   from rnn_jax import cli
   if preset is None:
-    assert "glibc.malloc.hugetlb=1" in cli.MALLOC_TUNABLES
     assert result.stdout.splitlines() == [
         "start", "start", f"tunables {cli.MALLOC_TUNABLES} ['--flag=1']"]
   else:
     assert result.stdout.splitlines() == ["start", f"tunables {preset} ['--flag=1']"]
+
+
+def test_every_malloc_tunable_is_one_this_glibc_knows():
+  """glibc ignores a tunable it does not know, so a misspelt name would do nothing silently:
+  each name in MALLOC_TUNABLES must be in the dynamic loader's own list."""
+  loaders = sorted(glob.glob("/lib64/ld-linux-*.so.*") + glob.glob("/lib/ld-linux-*.so.*"))
+  listing = (subprocess.run([loaders[0], "--list-tunables"], capture_output=True, text=True)
+             if loaders else None)
+  if not listing or listing.returncode != 0:
+    pytest.skip("no glibc loader that lists its tunables (glibc >= 2.33) on this machine")
+  from rnn_jax import cli
+  known = {line.split(":")[0].strip() for line in listing.stdout.splitlines()}
+  for item in cli.MALLOC_TUNABLES.split(":"):
+    assert item.split("=")[0] in known, (item, sorted(known))
+

@@ -300,6 +300,7 @@ def test_matmul_of_a_sequence_flattens_its_leading_axes(dtype):
   assert len(dots) == 2  # The product and its weight gradient (a has no gradient here).
   for dot in dots:
     assert [v.aval.ndim for v in dot.invars] == [2, 2], dot
+  assert cells.matmul(jnp.ones((7, 3, 16)), jnp.ones(16)).shape == (7, 3)  # As `a @ w`.
 
 
 def _equations(jaxpr):
