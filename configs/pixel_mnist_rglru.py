@@ -1,8 +1,13 @@
 """Sequential (pixel) MNIST, RG-LRU: 784 steps of one pixel each, two layers of 64 units.
 
   python launch.py --config=configs/pixel_mnist_rglru.py --workdir=runs/pixel_rglru
+  python launch.py --config=configs/pixel_mnist_rglru.py --config.block=residual \
+      --config.num_epochs=20 --workdir=runs/pixel_rglru_residual_20ep   # Griffin's block
   python launch.py --config=configs/pixel_mnist_rglru.py --config.sequence=permuted_pixels \
       --config.block=residual --workdir=runs/pmnist_rglru_residual   # permuted, Griffin's block
+
+Expected on 2 CPU cores: the default (3 epochs) ~80% test in ~7 min; Griffin's residual block
+for 20 epochs 98.15% test in ~55 min (seed 0).
 
 The RG-LRU's decay starts at sigmoid(Lambda) in [0.9, 0.999] (memories of tens to a thousand
 steps) and its gates read only the pixel, so its recurrence is an input projection and a
