@@ -236,8 +236,13 @@ def _linear_scan_jvp(mode, primals, tangents):
   a, b, h0 = primals
   da, db, dh0 = tangents
   hs = _evaluate_linear_scan(a, b, h0, mode)
-  h_prev = jnp.concatenate([jnp.broadcast_to(h0, hs.shape[1:])[None], hs[:-1]])
-  return hs, _linear_scan(a, da * h_prev + db, dh0, mode)
+  return hs, _linear_scan(a, da * _states_before(hs, h0) + db, dh0, mode)
+
+
+def _states_before(hs: jax.Array, h0: jax.Array) -> jax.Array:
+  """The state each step reads, h_{t-1} for t = 0..T-1: [h0, h_0, ..., h_{T-2}], from the
+  states hs [time, batch, state] and h0 [batch, state] (or any shape that broadcasts to it)."""
+  return jnp.concatenate([jnp.broadcast_to(h0, hs.shape[1:])[None], hs[:-1]])
 
 
 def _evaluate_linear_scan(a, b, h0, mode):
@@ -346,7 +351,7 @@ def _log_scan_tangent(hs, log_a, log_b, h0, restarts, restart_states, d_log_a, d
   step t reads. Linear in the tangents, so reverse mode transposes it: the gradient is as
   accurate as `linear_scan`'s."""
   a = jnp.exp(log_a)
-  prev = jnp.concatenate([h0[None], hs[:-1]])
+  prev = _states_before(hs, h0)
   if restarts is not None:
     prev = jnp.where(restarts, restart_states, prev)
   x = a * prev * d_log_a + jnp.exp(log_b) * d_log_b
@@ -400,8 +405,7 @@ def _scan_linear(linear: cells_lib.LinearRecurrence, params: Params, xs: jax.Arr
     if valid is not None:
       a, b = jnp.where(valid, a, jnp.ones_like(a)), jnp.where(valid, b, jnp.zeros_like(b))
     if cut is not None:
-      h_prev = jax.lax.stop_gradient(jnp.concatenate(
-          [h0[None], linear_scan(a, b, h0, scan_mode)[:-1]]))
+      h_prev = jax.lax.stop_gradient(_states_before(linear_scan(a, b, h0, scan_mode), h0))
       a, b = jnp.where(cut, jnp.zeros_like(a), a), jnp.where(cut, a * h_prev + b, b)
     hs = linear_scan(a, b, h0, scan_mode)                  # [time, batch, state]
   if probes is not None:  # A step's output sees its state before the step's probe.
@@ -445,7 +449,7 @@ def _log_states(linear: cells_lib.LinearRecurrence, weights: Params, xs: jax.Arr
 
   if cut is None:
     return states(None, None)
-  h_prev = jax.lax.stop_gradient(jnp.concatenate([h0[None], states(None, None)[:-1]]))
+  h_prev = jax.lax.stop_gradient(_states_before(states(None, None), h0))
   return states(cut, h_prev)
 
 

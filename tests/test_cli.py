@@ -89,4 +89,3 @@ def test_every_malloc_tunable_is_one_this_glibc_knows():
   known = {line.split(":")[0].strip() for line in listing.stdout.splitlines()}
   for item in cli.MALLOC_TUNABLES.split(":"):
     assert item.split("=")[0] in known, (item, sorted(known))
-

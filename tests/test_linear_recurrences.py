@@ -92,9 +92,9 @@ def test_linear_scan_derivatives_match_float64_loops(mode, time, complex_):
   central finite difference of `_np_linear`. Resets (a = 0) and values near 1 as above."""
   rng = np.random.default_rng(time + 1)
   shape = (time, 3, 5)
-  def draw(size, real_only=False):
+  def draw(size):
     x = rng.standard_normal(size)
-    return x if real_only or not complex_ else x + 1j * rng.standard_normal(size)
+    return x + 1j * rng.standard_normal(size) if complex_ else x
   a = rng.uniform(0.0, 1.0, shape) ** 0.05
   a[rng.random(shape) < 0.02] = 0.0
   if complex_:

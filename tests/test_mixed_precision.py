@@ -312,4 +312,3 @@ def _equations(jaxpr):
         inner = sub if hasattr(sub, "eqns") else getattr(sub, "jaxpr", None)  # Jaxpr, Closed.
         if hasattr(inner, "eqns"):
           yield from _equations(inner)
-
