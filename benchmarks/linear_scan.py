@@ -8,9 +8,17 @@ For each T: the real `train.train_step` (batch 64, 128 input features, hidden 12
 minlstm, lru and rglru in scan_mode "sequential", "chunked" and "parallel" (and mingru and
 minlstm in "log", the paper's log-space form), compiled ahead of time, then timed in
 interleaved rounds (median). Prints ms per step, its ratio to the LSTM's at the same T (> 1:
-faster than the LSTM), XLA's temp memory (`memory_analysis()`, the activations kept for the
-backward pass) and the compile time; `--plot` draws ms and memory against T. What "auto"
-picks on this backend is printed first.
+faster than the LSTM), the step's matmul GFLOP and the rate they ran at, XLA's temp memory
+(`memory_analysis()`, the activations kept for the backward pass) and the compile time;
+`--plot` draws ms and memory against T. What "auto" picks on this backend is printed first.
+
+Why the matmul FLOPs (`matmul_flops`): every weight matrix of these cells multiplies one
+[batch, rows] slice per time step (inside the loop for the LSTM and GRU, as one [T*batch, rows]
+product for the linear cells). The LSTM's FLOPs over a cell's are the speed-up that cell would
+show if both ran at the same FLOP rate: at D = H, 5.0 for minGRU, 10/3 for minLSTM and the
+RG-LRU, 5/3 for the LRU and 4/3 for the GRU (the LSTM's and GRU's recurrent weights need an
+input gradient, the linear cells' input projections do not). A cell below its ratio spends its
+extra time outside the matmuls (elementwise passes, the scan).
 """
 
 from __future__ import annotations
@@ -46,8 +54,8 @@ def main() -> None:
   print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}; jax {jax.__version__}; "
         f"scan_mode 'auto' = {recurrent.resolve_scan_mode(cells.get('mingru'), 'auto')!r}")
   print(f"batch {BATCH}, {FEATURES} features, hidden {HIDDEN}; median of {args.rounds} rounds")
-  print("| T | cell | scan mode | ms / step | LSTM ms / this | XLA temp MiB | compile s |\n"
-        "|---|---|---|---|---|---|---|")
+  print("| T | cell | scan mode | ms / step | LSTM ms / this | matmul GFLOP (LSTM's / this) | "
+        "GFLOP/s | XLA temp MiB | compile s |\n|---|---|---|---|---|---|---|---|---|")
   rows = []
   for steps in [int(t) for t in args.lengths.split(",")]:
     data = {"inputs": jax.device_put(rng.standard_normal((BATCH, steps, FEATURES),
@@ -67,7 +75,8 @@ def main() -> None:
         memory = runner._compiled[train._shapes(data)].memory_analysis()
         state, metrics = runner.train(state, data)
         jax.block_until_ready(metrics)
-        runs[cell, mode] = [runner, state, [], compile_s, memory.temp_size_in_bytes / 2 ** 20]
+        runs[cell, mode] = [runner, state, [], compile_s, memory.temp_size_in_bytes / 2 ** 20,
+                            matmul_flops(state.params, BATCH, steps)]
     repeats = max(1, int(round(3 * 784 / steps)))  # Steps per timing: ~0.5-2 s at each T.
     for _ in range(args.rounds):  # Interleaved, so a load change hits every entry alike.
       for holder in runs.values():
@@ -76,16 +85,37 @@ def main() -> None:
           holder[1], metrics = holder[0].train(holder[1], data)
         jax.block_until_ready(metrics)
         holder[2].append((time.perf_counter() - start) / repeats * 1e3)
-    lstm_ms = statistics.median(runs["lstm", "step"][2]) if ("lstm", "step") in runs else None
-    for (cell, mode), (_, _, times, compile_s, temp_mib) in runs.items():
+    lstm = runs.get(("lstm", "step"))
+    lstm_ms = statistics.median(lstm[2]) if lstm else None
+    for (cell, mode), (_, _, times, compile_s, temp_mib, flops) in runs.items():
       ms = statistics.median(times)
       ratio = f"{lstm_ms / ms:.2f}x" if lstm_ms else "-"
+      bound = f" ({lstm[5] / flops:.2f}x)" if lstm else ""
       rows.append((steps, cell, mode, ms, temp_mib))
-      print(f"| {steps} | {cell} | {mode} | {ms:.1f} | {ratio} | {temp_mib:.1f} | "
-            f"{compile_s:.1f} |", flush=True)
+      print(f"| {steps} | {cell} | {mode} | {ms:.1f} | {ratio} | {flops / 1e9:.2f}{bound} | "
+            f"{flops / ms / 1e6:.0f} | {temp_mib:.1f} | {compile_s:.1f} |", flush=True)
   if args.plot:
     _plot(rows, args.plot)
     print(f"wrote {args.plot}")
+
+
+def matmul_flops(params: dict, batch: int, steps: int) -> int:
+  """Matmul FLOPs of one training step of a one-layer `SequenceModel` reading the last step.
+
+  Each 2-D weight of the layer multiplies a [batch, rows] slice on every one of `steps` time
+  steps, and the head once per example: 2 * rows * cols FLOPs per row forwards, as many for
+  the weight gradient and, where the weight reads something differentiable (the state, the
+  layer's output), as many again for that input's gradient. The weights that read the data
+  itself ("w_x", "w_d") need no input gradient.
+  """
+  import math
+  def flops(name, w, rows):
+    passes = 4 if name in ("w_x", "w_d") else 6
+    return passes * rows * math.prod(w.shape) if w.ndim == 2 else 0
+  (layer,) = params["rnn"]
+  cells = layer.values()  # One direction ("fwd") or two.
+  return (sum(flops(n, w, batch * steps) for cell in cells for n, w in cell.items())
+          + flops("w", params["head"]["w"], batch))
 
 
 def _plot(rows, path: str) -> None:

@@ -76,3 +76,37 @@ def test_profile_classes_count_the_lstm_matmul_flops(batch, steps, features, hid
   # XLA still multiplies it).
   assert flops[c[4]] == x_w + h_w, flops
   assert sum(flops.values()) == 2 * x_w + 3 * h_w, flops  # No matmul counted elsewhere.
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mingru", "minlstm", "rglru", "lru"])
+def test_linear_scan_benchmark_counts_the_matmul_flops_xla_runs(cell):
+  """benchmarks/linear_scan.py's hand rule (`matmul_flops`) against the dots of the compiled
+  training step: those in the loops once per time step, the others once. Input width differs
+  from hidden, so a weight counted on the wrong side or with a needless input gradient shows."""
+  import re
+  import numpy as np
+  from benchmarks import linear_scan, lstm_profile
+  from configs import base
+  from rnn_jax import models, train
+  batch, steps, features, hidden = 4, 5, 3, 8
+  model = models.SequenceModel(cell=cell, input_size=features, hidden_size=hidden,
+                               num_outputs=3,
+                               scan_mode="sequential" if cell in linear_scan.LINEAR else "step")
+  tx, schedule = train.build_optimizer(base.get_config(), 100)
+  runner = train.Runner("jit", model, tx, schedule)
+  state = runner.put_state(train.create_train_state(model, tx, 0))
+  data = {"inputs": np.ones((batch, steps, features), np.float32),
+          "labels": np.zeros((batch,), np.int32)}
+  runner.compile(state, data)
+  text = runner._compiled[train._shapes(data)].as_text()
+  instructions = lstm_profile.parse_hlo(text)
+  entry = re.search(r"^ENTRY %?([\w.-]+)", text, re.M).group(1)
+  in_loops = lstm_profile.loop_instructions(instructions)
+  executed = 0.0
+  for name, (computation, opcode, *_) in instructions.items():
+    if opcode == "while":
+      continue
+    times = steps if name in in_loops else int(computation == entry)
+    executed += times * sum(lstm_profile.dot_flops(instructions, d)
+                            for d in lstm_profile.matmuls_of(instructions, name))
+  assert linear_scan.matmul_flops(state.params, batch, steps) == executed
