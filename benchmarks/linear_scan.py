@@ -27,6 +27,8 @@ import argparse
 import statistics
 import time
 
+from benchmarks import common
+
 CLASSIC = ("lstm", "gru")
 LINEAR = ("mingru", "minlstm", "lru", "rglru")
 MODES = ("sequential", "chunked", "parallel", "log")
@@ -46,10 +48,8 @@ def main() -> None:
   cli.setup_process()
   import jax
   import numpy as np
-  from configs import base
-  from rnn_jax import cells, models, recurrent, train
+  from rnn_jax import cells, models, recurrent
 
-  config = base.get_config()
   rng = np.random.default_rng(0)
   print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}; jax {jax.__version__}; "
         f"scan_mode 'auto' = {recurrent.resolve_scan_mode(cells.get('mingru'), 'auto')!r}")
@@ -68,11 +68,8 @@ def main() -> None:
           continue  # Coefficients that can be negative or complex have no log-space form.
         model = models.SequenceModel(cell=cell, input_size=FEATURES, hidden_size=HIDDEN,
                                      num_outputs=10, scan_mode=mode)
-        tx, schedule = train.build_optimizer(config, 10_000)
-        runner = train.Runner("jit", model, tx, schedule)
-        state = runner.put_state(train.create_train_state(model, tx, 0))
-        compile_s = runner.compile(state, data)
-        memory = runner._compiled[train._shapes(data)].memory_analysis()
+        runner, state, compile_s = common.jit_runner(model, data)
+        memory = runner.compiled(data).memory_analysis()
         state, metrics = runner.train(state, data)
         jax.block_until_ready(metrics)
         runs[cell, mode] = [runner, state, [], compile_s, memory.temp_size_in_bytes / 2 ** 20,

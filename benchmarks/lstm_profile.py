@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import speed
+from benchmarks import common, speed
 
 # Classes of the profile, in the order of the table.
 CLASSES = (
@@ -192,19 +192,15 @@ def profile_rnn_jax(shape: str, steps: int, compute_dtype: str = "float32") -> d
   from rnn_jax import cli
   cli.setup_process()
   import jax
-  from configs import base
-  from rnn_jax import models, train
+  from rnn_jax import models
   cell, kind, _, size, embed, hidden, outputs, _ = speed.SHAPES[shape]
   model = models.SequenceModel(cell=cell, input_kind=kind, input_size=size, embed_size=embed,
                                hidden_size=hidden, num_outputs=outputs,
                                compute_dtype=compute_dtype)
-  tx, schedule = train.build_optimizer(base.get_config(), 10_000)
-  runner = train.Runner("jit", model, tx, schedule)
-  state = runner.put_state(train.create_train_state(model, tx, 0))
   inputs, labels = speed.make_batch(shape)
   batch = {"inputs": jax.device_put(inputs), "labels": jax.device_put(labels)}
-  runner.compile(state, batch)
-  instructions = parse_hlo(runner._compiled[train._shapes(batch)].as_text())
+  runner, state, _ = common.jit_runner(model, batch)
+  instructions = parse_hlo(runner.compiled(batch).as_text())
   roles = loop_instructions(instructions)
   found = sorted(role for name, role in roles.items() if instructions[name][1] == "while")
   if found != ["backward", "forward"]:

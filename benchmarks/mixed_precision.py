@@ -14,6 +14,8 @@ import argparse
 import statistics
 import time
 
+from benchmarks import common
+
 
 SHAPES = {  # name: (input kind, steps, input size or vocabulary, embed, hidden, outputs)
     "row MNIST": ("features", 28, 28, 0, 128, 10),
@@ -32,7 +34,7 @@ def main() -> None:
   import jax
   import numpy as np
   from configs import base
-  from rnn_jax import models, train
+  from rnn_jax import models
 
   config = base.get_config()
   rng = np.random.default_rng(0)
@@ -48,10 +50,7 @@ def main() -> None:
         model = models.SequenceModel(cell=cell, input_kind=kind, input_size=size,
                                      embed_size=embed, hidden_size=hidden, num_outputs=outputs,
                                      compute_dtype=dtype)
-        tx, schedule = train.build_optimizer(config, 10_000)
-        runner = train.Runner("jit", model, tx, schedule)
-        state = runner.put_state(train.create_train_state(model, tx, 0))
-        runner.compile(state, batch)
+        runner, state, _ = common.jit_runner(model, batch, config=config)
         state, _ = runner.train(state, batch)
         jax.block_until_ready(state)
         runners[dtype] = [runner, state]

@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks import common
+
 # Workers start from the environment this process was started with, not with the XLA flags
 # that the in-process measurements (`cli.setup_process`) add: only rnn_jax sets those.
 _ENV_AT_START = dict(os.environ)
@@ -96,19 +98,14 @@ def _rnn_jax_worker(shape: str, options: dict):
   from rnn_jax import cli
   cli.setup_process()  # The XLA flags of every rnn_jax entry point (before JAX starts).
   import jax
-  from configs import base
-  from rnn_jax import models, train
+  from rnn_jax import models
   cell, kind, steps, size, embed, hidden, outputs, batch_size = SHAPES[shape]
   model = models.SequenceModel(cell=cell, input_kind=kind, input_size=size, embed_size=embed,
                                hidden_size=hidden, num_outputs=outputs, **options)
-  config = base.get_config()
-  tx, schedule = train.build_optimizer(config, 10_000)
-  runner = train.Runner("jit", model, tx, schedule)
-  state = runner.put_state(train.create_train_state(model, tx, 0))
   inputs, labels = make_batch(shape)
   batch = {"inputs": jax.device_put(inputs), "labels": jax.device_put(labels)}
-  compile_s = runner.compile(state, batch)
-  compiled = runner._compiled[train._shapes(batch)]
+  runner, state, compile_s = common.jit_runner(model, batch)
+  compiled = runner.compiled(batch)
   memory = compiled.memory_analysis()
   extra = {"temp_mib": memory.temp_size_in_bytes / 2 ** 20 if memory else None}
   holder = [state]
@@ -365,7 +362,7 @@ def long_sequences(quick: bool) -> str:
   import jax
   import numpy as np
   from configs import base
-  from rnn_jax import models, train
+  from rnn_jax import models
   config = base.get_config()
   batch = 32  # Keeps the 784-step case to about a second per step on 2 cores.
   lines = [f"Sequential MNIST (T x 1 input, LSTM 128, batch {batch}, Adam), rnn_jax:", "",
@@ -376,13 +373,10 @@ def long_sequences(quick: bool) -> str:
     for remat in (False, True):
       model = models.SequenceModel(cell="lstm", input_size=1, hidden_size=128, num_outputs=10,
                                    remat=remat)
-      tx, schedule = train.build_optimizer(config, 10_000)
-      runner = train.Runner("jit", model, tx, schedule)
-      state = runner.put_state(train.create_train_state(model, tx, 0))
       data = {"inputs": jax.device_put(rng.random((batch, steps, 1), dtype=np.float32)),
               "labels": jax.device_put(rng.integers(0, 10, batch).astype(np.int32))}
-      compile_s = runner.compile(state, data)
-      memory = runner._compiled[train._shapes(data)].memory_analysis()
+      runner, state, compile_s = common.jit_runner(model, data, config=config)
+      memory = runner.compiled(data).memory_analysis()
       for _ in range(2):
         state, _ = runner.train(state, data)
       jax.block_until_ready(state)
@@ -474,10 +468,9 @@ def _compile_config(config) -> tuple[int, float]:
   else:
     raise ValueError(f"no synthetic batch for dataset {config.dataset!r}")
   model = train.build_model(config, task)
-  tx, schedule = train.build_optimizer(config, 10_000)
-  runner = train.Runner("jit", model, tx, schedule)
-  state = runner.put_state(train.create_train_state(model, tx, config.seed))
-  return steps, runner.compile(state, {k: jax.device_put(v) for k, v in batch.items()})
+  _, _, compile_s = common.jit_runner(model, {k: jax.device_put(v) for k, v in batch.items()},
+                                      config.seed, config)
+  return steps, compile_s
 
 
 class _FakeTask:

@@ -336,6 +336,11 @@ class Runner:
       self._compiled[_shapes(batch)] = self._train.lower(state, batch).compile()
     return time.perf_counter() - start
 
+  def compiled(self, batch: Batch | Sequence[Batch]) -> jax.stages.Compiled:
+    """The train step `compile` built for `batch`'s shapes ("jit", "sharded", "vmap"), to read
+    XLA's program (`.as_text()`) or its memory (`.memory_analysis()`)."""
+    return self._compiled[_shapes(self.put_batch(batch))]
+
 
 def first_replica(tree: Any) -> Any:
   """pmap leaves [devices, ...] -> replica 0's [...], read from the first local device's shard

@@ -19,19 +19,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 _COUNT = """
 import collections, json, sys
 import jax, numpy as np
-from benchmarks import lstm_profile
-from configs import base
-from rnn_jax import models, train
+from benchmarks import common, lstm_profile
+from rnn_jax import models
 batch, steps, features, hidden = map(int, sys.argv[1:5])
 model = models.SequenceModel(cell="lstm", input_kind="features", input_size=features,
                              hidden_size=hidden, num_outputs=3)
-tx, schedule = train.build_optimizer(base.get_config(), 100)
-runner = train.Runner("jit", model, tx, schedule)
-state = runner.put_state(train.create_train_state(model, tx, 0))
 data = {"inputs": np.ones((batch, steps, features), np.float32),
         "labels": np.zeros((batch,), np.int32)}
-runner.compile(state, data)
-instructions = lstm_profile.parse_hlo(runner._compiled[train._shapes(data)].as_text())
+runner, _, _ = common.jit_runner(model, data)
+instructions = lstm_profile.parse_hlo(runner.compiled(data).as_text())
 roles = lstm_profile.loop_instructions(instructions)
 flops = collections.Counter()
 fused = 0
@@ -85,20 +81,16 @@ def test_linear_scan_benchmark_counts_the_matmul_flops_xla_runs(cell):
   from hidden, so a weight counted on the wrong side or with a needless input gradient shows."""
   import re
   import numpy as np
-  from benchmarks import linear_scan, lstm_profile
-  from configs import base
-  from rnn_jax import models, train
+  from benchmarks import common, linear_scan, lstm_profile
+  from rnn_jax import models
   batch, steps, features, hidden = 4, 5, 3, 8
   model = models.SequenceModel(cell=cell, input_size=features, hidden_size=hidden,
                                num_outputs=3,
                                scan_mode="sequential" if cell in linear_scan.LINEAR else "step")
-  tx, schedule = train.build_optimizer(base.get_config(), 100)
-  runner = train.Runner("jit", model, tx, schedule)
-  state = runner.put_state(train.create_train_state(model, tx, 0))
   data = {"inputs": np.ones((batch, steps, features), np.float32),
           "labels": np.zeros((batch,), np.int32)}
-  runner.compile(state, data)
-  text = runner._compiled[train._shapes(data)].as_text()
+  runner, state, _ = common.jit_runner(model, data)
+  text = runner.compiled(data).as_text()
   instructions = lstm_profile.parse_hlo(text)
   entry = re.search(r"^ENTRY %?([\w.-]+)", text, re.M).group(1)
   in_loops = lstm_profile.loop_instructions(instructions)

@@ -227,17 +227,14 @@ def test_the_backward_pass_stacks_no_bfloat16_arrays_over_time(name):
   whole [T, ...] stack at each step instead (O(T^2)); `cells.matmul` therefore keeps its
   float32 input, so no instruction in a loop of the compiled training step may produce a
   bfloat16 array with T leading. Read from the compiled HLO (benchmarks/lstm_profile.py)."""
-  from benchmarks import lstm_profile
+  from benchmarks import common, lstm_profile
   steps = 23  # A length no other dimension here has.
   model = models.SequenceModel(cell=name, input_kind="features", input_size=5, hidden_size=16,
                                num_outputs=3, compute_dtype="bfloat16")
-  tx, schedule = train.build_optimizer(base.get_config(), 100)
-  runner = train.Runner("jit", model, tx, schedule)
-  state = runner.put_state(train.create_train_state(model, tx, 0))
   batch = {"inputs": jax.device_put(np.ones((4, steps, 5), np.float32)),
            "labels": jax.device_put(np.zeros((4,), np.int32))}
-  runner.compile(state, batch)
-  text = runner._compiled[train._shapes(batch)].as_text()
+  runner, _, _ = common.jit_runner(model, batch)
+  text = runner.compiled(batch).as_text()
   instructions = lstm_profile.parse_hlo(text)
   executed = lstm_profile.loop_instructions(instructions)
   assert executed, "no loop found in the compiled step"
