@@ -73,7 +73,7 @@ def main() -> None:
         state, metrics = runner.train(state, data)
         jax.block_until_ready(metrics)
         runs[cell, mode] = [runner, state, [], compile_s, memory.temp_size_in_bytes / 2 ** 20,
-                            matmul_flops(state.params, BATCH, steps)]
+                            matmul_flops(cell, state.params, BATCH, steps)]
     repeats = max(1, int(round(3 * 784 / steps)))  # Steps per timing: ~0.5-2 s at each T.
     for _ in range(args.rounds):  # Interleaved, so a load change hits every entry alike.
       for holder in runs.values():
@@ -96,23 +96,29 @@ def main() -> None:
     print(f"wrote {args.plot}")
 
 
-def matmul_flops(params: dict, batch: int, steps: int) -> int:
+def matmul_flops(cell_name: str, params: dict, batch: int, steps: int) -> int:
   """Matmul FLOPs of one training step of a one-layer `SequenceModel` reading the last step.
 
   Each 2-D weight of the layer multiplies a [batch, rows] slice on every one of `steps` time
   steps, and the head once per example: 2 * rows * cols FLOPs per row forwards, as many for
   the weight gradient and, where the weight reads something differentiable (the state, the
   layer's output), as many again for that input's gradient. The weights that read the data
-  itself ("w_x", "w_d") need no input gradient.
+  itself ("w_x", "w_d") need no input gradient. A linear cell projects the whole sequence
+  with `cells.affine`, whose bias gradient is a matrix-vector product (2 FLOPs per row and
+  output); the LSTM's and GRU's biases are added step by step.
   """
   import math
+  from rnn_jax import cells
   def flops(name, w, rows):
     passes = 4 if name in ("w_x", "w_d") else 6
     return passes * rows * math.prod(w.shape) if w.ndim == 2 else 0
   (layer,) = params["rnn"]
-  cells = layer.values()  # One direction ("fwd") or two.
-  return (sum(flops(n, w, batch * steps) for cell in cells for n, w in cell.items())
-          + flops("w", params["head"]["w"], batch))
+  total = flops("w", params["head"]["w"], batch)
+  for cell in layer.values():  # One direction ("fwd") or two.
+    total += sum(flops(n, w, batch * steps) for n, w in cell.items())
+    if cells.get(cell_name).linear is not None and "b" in cell:
+      total += 2 * batch * steps * cell["b"].size
+  return total
 
 
 def _plot(rows, path: str) -> None:

@@ -314,6 +314,36 @@ def matmul(a: jax.Array, w: jax.Array) -> jax.Array:
   return _low_precision_matmul(a, w)
 
 
+@jax.custom_jvp
+def affine(a: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+  """`matmul(a, w) + b`: a whole sequence's input projection, a [time, batch, in] @ w [in, out]
+  + b [out] -> [time, batch, out], with the bias's gradient computed as a matrix product.
+
+  The bias's gradient sums the output's cotangent over every leading axis. XLA:CPU runs that
+  sum over a whole sequence ([T*B, out]) as a tree of windowed reductions, several times
+  slower than the same sums taken as ones[1, T*B] @ cotangent (docs/performance.md), so the
+  JVP writes the bias's tangent as ones[T*B, 1] @ db[1, out], which reverse mode transposes
+  into that product. Values are those of `matmul(a, w) + b`.
+  """
+  return matmul(a, w) + b
+
+
+@functools.partial(affine.defjvp, symbolic_zeros=True)
+def _affine_jvp(primals, tangents):
+  a, w, b = primals
+  da, dw, db = tangents
+  out = affine(a, w, b)
+  terms = []  # Only the perturbed ones: no product with a zero tangent (the data's, usually).
+  if not isinstance(da, jax.custom_derivatives.SymbolicZero):
+    terms.append(matmul(da, w))
+  if not isinstance(dw, jax.custom_derivatives.SymbolicZero):
+    terms.append(matmul(a, dw))
+  if not isinstance(db, jax.custom_derivatives.SymbolicZero):
+    rows = math.prod(out.shape[:-1])
+    terms.append((jnp.ones((rows, 1), db.dtype) @ db.reshape(1, -1)).reshape(out.shape))
+  return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
 @jax.checkpoint
 def _low_precision_matmul(a: jax.Array, w: jax.Array) -> jax.Array:
   # Rematerialised so that the backward pass keeps `a` as it came (float32) and casts it
@@ -675,12 +705,12 @@ def mingru(positive: bool = True, chrono_init: int = 0) -> Cell:
     return params
 
   def coefficients(params, xs):
-    k_z, k_h = jnp.split(matmul(xs, params["w_x"]) + params["b"], 2, axis=-1)
+    k_z, k_h = jnp.split(affine(xs, params["w_x"], params["b"]), 2, axis=-1)
     z = jax.nn.sigmoid(k_z)
     return 1.0 - z, z * candidate(k_h)
 
   def log_coefficients(params, xs):  # log(1 - z) = -softplus(k_z), log z = -softplus(-k_z).
-    k_z, k_h = jnp.split(matmul(xs, params["w_x"]) + params["b"], 2, axis=-1)
+    k_z, k_h = jnp.split(affine(xs, params["w_x"], params["b"]), 2, axis=-1)
     return -jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_positive_candidate(k_h)
 
   linear = LinearRecurrence(coefficients,
@@ -713,7 +743,7 @@ def minlstm(positive: bool = True, normalize: bool = True, chrono_init: int = 0)
     return params
 
   def coefficients(params, xs):
-    k_f, k_i, k_h = jnp.split(matmul(xs, params["w_x"]) + params["b"], 3, axis=-1)
+    k_f, k_i, k_h = jnp.split(affine(xs, params["w_x"], params["b"]), 3, axis=-1)
     if normalize:  # f / (f + i) = sigmoid(log f - log i): no 0 / 0 where both underflow.
       log_f, log_i = -jax.nn.softplus(-k_f), -jax.nn.softplus(-k_i)
       f, i = jax.nn.sigmoid(log_f - log_i), jax.nn.sigmoid(log_i - log_f)
@@ -722,7 +752,7 @@ def minlstm(positive: bool = True, normalize: bool = True, chrono_init: int = 0)
     return f, i * candidate(k_h)
 
   def log_coefficients(params, xs):
-    k_f, k_i, k_h = jnp.split(matmul(xs, params["w_x"]) + params["b"], 3, axis=-1)
+    k_f, k_i, k_h = jnp.split(affine(xs, params["w_x"], params["b"]), 3, axis=-1)
     log_f, log_i = -jax.nn.softplus(-k_f), -jax.nn.softplus(-k_i)
     if normalize:  # log f' = log f - log(f + i), log i' alike.
       log_sum = jnp.logaddexp(log_f, log_i)
@@ -780,7 +810,7 @@ def rglru(c: float = 8.0, r_min: float = 0.9, r_max: float = 0.999) -> Cell:
     return params
 
   def coefficients(params, xs):
-    k_r, k_i, u = jnp.split(matmul(xs, params["w_x"]) + params["b"], 3, axis=-1)
+    k_r, k_i, u = jnp.split(affine(xs, params["w_x"], params["b"]), 3, axis=-1)
     log_a = -c * jax.nn.sigmoid(k_r) * jax.nn.softplus(-params["lambda"])
     scale = sqrt_bounded_derivative(-jnp.expm1(2.0 * log_a))  # sqrt(1 - a^2), accurately.
     return jnp.exp(log_a), scale * jax.nn.sigmoid(k_i) * u

@@ -101,4 +101,4 @@ def test_linear_scan_benchmark_counts_the_matmul_flops_xla_runs(cell):
     times = steps if name in in_loops else int(computation == entry)
     executed += times * sum(lstm_profile.dot_flops(instructions, d)
                             for d in lstm_profile.matmuls_of(instructions, name))
-  assert linear_scan.matmul_flops(state.params, batch, steps) == executed
+  assert linear_scan.matmul_flops(cell, state.params, batch, steps) == executed
