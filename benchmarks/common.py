@@ -12,7 +12,7 @@ def jit_runner(model: Any, batch: dict, seed: int = 0, config: Any = None
   its initial state from `seed` on the device, and its train step compiled for `batch`."""
   from configs import base
   from rnn_jax import train
-  tx, schedule = train.build_optimizer(config or base.get_config(), 10_000)
+  tx, schedule = train.build_optimizer(base.get_config() if config is None else config, 10_000)
   runner = train.Runner("jit", model, tx, schedule)
   state = runner.put_state(train.create_train_state(model, tx, seed))
   return runner, state, runner.compile(state, batch)

@@ -97,7 +97,8 @@ def main() -> None:
 
 
 def matmul_flops(cell_name: str, params: dict, batch: int, steps: int) -> int:
-  """Matmul FLOPs of one training step of a one-layer `SequenceModel` reading the last step.
+  """Matmul FLOPs of one training step of a one-layer plain `SequenceModel` on feature inputs
+  (this benchmark's model), reading the last step.
 
   Each 2-D weight of the layer multiplies a [batch, rows] slice on every one of `steps` time
   steps, and the head once per example: 2 * rows * cols FLOPs per row forwards, as many for
@@ -113,6 +114,9 @@ def matmul_flops(cell_name: str, params: dict, batch: int, steps: int) -> int:
     passes = 4 if name in ("w_x", "w_d") else 6
     return passes * rows * math.prod(w.shape) if w.ndim == 2 else 0
   (layer,) = params["rnn"]
+  if not set(layer) <= {"fwd", "bwd"} or "embed" in params:
+    raise ValueError("matmul_flops counts a plain stack on feature inputs: a residual block's "
+                     "or an embedding's matrices are not counted.")
   total = flops("w", params["head"]["w"], batch)
   for cell in layer.values():  # One direction ("fwd") or two.
     total += sum(flops(n, w, batch * steps) for n, w in cell.items())

@@ -323,7 +323,8 @@ def affine(a: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   sum over a whole sequence ([T*B, out]) as a tree of windowed reductions, several times
   slower than the same sums taken as ones[1, T*B] @ cotangent (docs/performance.md), so the
   JVP writes the bias's tangent as ones[T*B, 1] @ db[1, out], which reverse mode transposes
-  into that product. Values are those of `matmul(a, w) + b`.
+  into that product (at full float32 precision on every backend). Values are those of
+  `matmul(a, w) + b`; a bias of any other shape is broadcast as `+` would.
   """
   return matmul(a, w) + b
 
@@ -339,9 +340,15 @@ def _affine_jvp(primals, tangents):
   if not isinstance(dw, jax.custom_derivatives.SymbolicZero):
     terms.append(matmul(a, dw))
   if not isinstance(db, jax.custom_derivatives.SymbolicZero):
-    rows = math.prod(out.shape[:-1])
-    terms.append((jnp.ones((rows, 1), db.dtype) @ db.reshape(1, -1)).reshape(out.shape))
-  return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+    db = db.astype(out.dtype)
+    if db.shape == out.shape[-1:] and out.ndim > 1:
+      ones = jnp.ones((math.prod(out.shape[:-1]), 1), out.dtype)
+      terms.append(jnp.matmul(ones, db.reshape(1, -1), precision=jax.lax.Precision.HIGHEST
+                              ).reshape(out.shape))
+    else:
+      terms.append(jnp.broadcast_to(db, out.shape))
+  tangent = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+  return out, tangent.astype(out.dtype)
 
 
 @jax.checkpoint

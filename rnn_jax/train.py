@@ -339,7 +339,14 @@ class Runner:
   def compiled(self, batch: Batch | Sequence[Batch]) -> jax.stages.Compiled:
     """The train step `compile` built for `batch`'s shapes ("jit", "sharded", "vmap"), to read
     XLA's program (`.as_text()`) or its memory (`.memory_analysis()`)."""
-    return self._compiled[_shapes(self.put_batch(batch))]
+    if self.mode == "pmap":
+      raise ValueError("Runner('pmap') keeps no ahead-of-time compiled step (pmap cannot reuse "
+                       "one); read the compiled program from a 'jit' or 'sharded' Runner.")
+    shapes = _shapes(self.put_batch(batch))  # Global shapes, as `compile` keyed them.
+    if shapes not in self._compiled:
+      raise KeyError(f"No train step compiled for batch shapes {shapes}; call compile(state, "
+                     "batch) first.")
+    return self._compiled[shapes]
 
 
 def first_replica(tree: Any) -> Any:

@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import base, mnist_lstm
-from rnn_jax import checkpoints, data, engine, train
+from rnn_jax import checkpoints, data, engine, models, train
 
 import fault_injection as faults
 from conftest import real_data_dir
@@ -100,6 +100,25 @@ def test_jit_sharded_and_pmap_give_the_same_parameters(dataset):
   for mode in ("sharded", "pmap"):
     for a, b in zip(jax.tree.leaves(results["jit"].params), jax.tree.leaves(results[mode].params)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=mode)
+
+
+@pytest.mark.parametrize("mode", ["jit", "sharded", "pmap"])
+def test_runner_hands_out_the_step_it_compiled(mode):
+  """`Runner.compiled`: the program `compile` built for these shapes (the global batch under
+  "sharded"), a clear error for shapes never compiled, and none under pmap, which keeps none."""
+  model = models.SequenceModel(cell="mingru", input_size=3, hidden_size=4, num_outputs=2)
+  tx, schedule = train.build_optimizer(tiny_config(), 10)
+  runner = train.Runner(mode, model, tx, schedule)
+  state = runner.put_state(train.create_train_state(model, tx, seed=0))
+  batch = {"inputs": np.ones((8, 5, 3), np.float32), "labels": np.zeros((8,), np.int32)}
+  runner.compile(state, batch)
+  if mode == "pmap":
+    with pytest.raises(ValueError, match="pmap"):
+      runner.compiled(batch)
+    return
+  assert ",5,3]" in runner.compiled(batch).as_text()  # [8 or 8 / devices, time 5, 3 inputs].
+  with pytest.raises(KeyError, match="compile"):
+    runner.compiled({"inputs": np.ones((8, 6, 3), np.float32), "labels": batch["labels"]})
 
 
 def test_resume_after_interruption_is_bit_exact(tmp_path, monkeypatch):
