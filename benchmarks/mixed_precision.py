@@ -33,10 +33,8 @@ def main() -> None:
   cli.setup_process()
   import jax
   import numpy as np
-  from configs import base
   from rnn_jax import models
 
-  config = base.get_config()
   rng = np.random.default_rng(0)
   print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}; jax {jax.__version__}")
   print("| shape | cell | float32 ms | bfloat16 ms | float32 / bfloat16 |\n|---|---|---|---|---|")
@@ -50,7 +48,7 @@ def main() -> None:
         model = models.SequenceModel(cell=cell, input_kind=kind, input_size=size,
                                      embed_size=embed, hidden_size=hidden, num_outputs=outputs,
                                      compute_dtype=dtype)
-        runner, state, _ = common.jit_runner(model, batch, config=config)
+        runner, state, _ = common.jit_runner(model, batch)
         state, _ = runner.train(state, batch)
         jax.block_until_ready(state)
         runners[dtype] = [runner, state]

@@ -361,9 +361,7 @@ def long_sequences(quick: bool) -> str:
   cli.setup_process()
   import jax
   import numpy as np
-  from configs import base
   from rnn_jax import models
-  config = base.get_config()
   batch = 32  # Keeps the 784-step case to about a second per step on 2 cores.
   lines = [f"Sequential MNIST (T x 1 input, LSTM 128, batch {batch}, Adam), rnn_jax:", "",
            "| T | remat | ms/step | ms/step per 100 steps | XLA temp MiB | compile s |",
@@ -375,7 +373,7 @@ def long_sequences(quick: bool) -> str:
                                    remat=remat)
       data = {"inputs": jax.device_put(rng.random((batch, steps, 1), dtype=np.float32)),
               "labels": jax.device_put(rng.integers(0, 10, batch).astype(np.int32))}
-      runner, state, compile_s = common.jit_runner(model, data, config=config)
+      runner, state, compile_s = common.jit_runner(model, data)
       memory = runner.compiled(data).memory_analysis()
       for _ in range(2):
         state, _ = runner.train(state, data)
