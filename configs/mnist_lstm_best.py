@@ -1,6 +1,6 @@
 """Row MNIST, bidirectional LSTM: the rows read top-down and bottom-up, 128 units each way.
 
-  python -m rnn_jax.ablate --config=configs/seeds.py:mnist_lstm_best --workdir=runs/lstm_best
+  python -m rnn_jax.ablate --config=configs/seeds.py:mnist_lstm_best --workdir=runs/mnist_lstm_best
 
 Measured on the 2-core CPU (seeds 0, 1, 2 vmapped together, 1,085 s for all three): test
 accuracy 98.87 ± 0.05% (98.80, 98.90, 98.90), validation 99.01%: short of 99%, which the
