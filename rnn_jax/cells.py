@@ -805,7 +805,9 @@ def rglru(c: float = 8.0, r_min: float = 0.9, r_max: float = 0.999) -> Cell:
   take any input width (a residual block of width = hidden can learn W_xu ~ I). `Lambda`
   [hidden] starts with sigmoid(Lambda)^2 ~ U(r_min^2, r_max^2) (RecurrentGemma's ring
   initialisation); `c` = 8 as in the paper. sqrt's derivative is capped
-  (`sqrt_bounded_derivative`).
+  (`sqrt_bounded_derivative`). With W_xu = I and b_u = 0 this is RecurrentGemma's one-head
+  RG-LRU layer, except that RecurrentGemma feeds a document's first token unnormalised (its
+  segment_pos = 0 reset) where this cell applies the paper's equation at every step.
   """
   _check_radii(r_min, r_max)
 

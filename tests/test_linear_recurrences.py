@@ -265,6 +265,93 @@ def test_rglru_decay_starts_in_its_ring():
   assert 0.9 - 1e-5 <= a.min() and a.max() <= 0.999 + 1e-5
 
 
+def _rglru_params_from_recurrentgemma(variables) -> dict:
+  """RecurrentGemma's one-head RGLRU params as the rglru cell's: its layer feeds x itself where
+  the cell projects u = x W_xu + b_u (so W_xu = I, b_u = 0), and it writes
+  log a = -8 r softplus(a_param) where the cell writes -c r softplus(-Lambda)."""
+  p = variables["params"]
+  width = p["a_param"].shape[0]
+  return {"w_x": jnp.concatenate([p["a_gate"]["w"][0], p["input_gate"]["w"][0],
+                                  jnp.eye(width, dtype=p["a_param"].dtype)], axis=1),
+          "b": jnp.concatenate([p["a_gate"]["b"][0], p["input_gate"]["b"][0],
+                                jnp.zeros(width, p["a_param"].dtype)]),
+          "lambda": -p["a_param"]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_rglru_equals_recurrentgemmas_layer(mode, reverse):
+  """Values and every gradient against the Griffin authors' own RG-LRU layer (RecurrentGemma,
+  tests/reference_recurrentgemma.py), float64, each sequence run alone at its own length
+  (reversed for `reverse`) from a carried state, with decays from 0.5 to within 1e-8 of 1,
+  where sqrt(1 - a^2)'s capped derivative takes over.
+
+  RecurrentGemma also skips the normalisation at a document's first token (segment_pos 0);
+  the cell follows the paper's equation at every step, so the reference runs with no
+  segment start inside the sequence."""
+  from reference_recurrentgemma import RGLRU
+
+  batch, time, width = 3, 37, 8
+  lengths = np.array([37, 20, 1])
+  with jax.enable_x64(True):
+    layer = RGLRU(width=width, num_heads=1)
+    xs = jax.random.normal(jax.random.key(1), (batch, time, width), jnp.float64)
+    h0 = jax.random.normal(jax.random.key(2), (batch, width), jnp.float64)
+    variables = layer.init(jax.random.key(0), xs, jnp.ones((batch, time), jnp.int32))
+    # Decays from a = 0.5 (a_param 0.5) to 1 - 1e-8 and beyond (a_param -25): there
+    # 1 - a^2 < 1 / (4 * 1000^2) and both sides cap sqrt's derivative at 1000.
+    variables["params"]["a_param"] = jnp.linspace(0.5, -25.0, width)
+    weights = jax.random.normal(jax.random.key(3), (batch, time, width), jnp.float64)
+    mask = np.arange(time)[None, :, None] < lengths[:, None, None]
+
+    def ours(params, xs, h0):
+      final, ys = recurrent.scan(cells.get("rglru"), params, xs, h0, lengths=jnp.asarray(lengths),
+                                 reverse=reverse, scan_mode=mode)
+      return jnp.sum(ys * weights) + jnp.sum(final * weights[:, 0]), (final, ys)
+
+    def theirs(variables, xs, h0):
+      """Each sequence alone: its first `length` steps, reversed for `reverse`."""
+      loss, finals, ys = 0.0, [], []
+      for i, length in enumerate(lengths):
+        x = xs[i:i + 1, :length]
+        x = x[:, ::-1] if reverse else x
+        y, last = layer.apply(variables, x, jnp.ones((1, length), jnp.int32), h0[i:i + 1])
+        y = y[:, ::-1] if reverse else y
+        loss += jnp.sum(y[0] * weights[i, :length]) + jnp.sum(last[0] * weights[i, 0])
+        finals.append(last[0])
+        ys.append(jnp.pad(y[0], ((0, time - length), (0, 0))))
+      return loss, (jnp.stack(finals), jnp.stack(ys))
+
+    (_, (final, ys)), grads = jax.value_and_grad(ours, argnums=(0, 1, 2), has_aux=True)(
+        _rglru_params_from_recurrentgemma(variables), xs, h0)
+    (_, (want_final, want_ys)), want = jax.value_and_grad(theirs, argnums=(0, 1, 2),
+                                                          has_aux=True)(variables, xs, h0)
+    # The reference forms 1 - a^2 as 1 - exp(2 log a), the cell as -expm1(2 log a): where
+    # 1 - a^2 ~ 1e-8 the reference's own rounding is ~1e-8 of it, so ~1e-11 in the outputs.
+    VALUES, GRADS = {"rtol": 1e-9, "atol": 1e-10}, {"rtol": 1e-9, "atol": 1e-10}
+    np.testing.assert_allclose(ys, want_ys, **VALUES)
+    np.testing.assert_allclose(final, want_final, **VALUES)
+    g_params, g_xs, g_h0 = grads
+    w_params, w_xs, w_h0 = want
+    # Past each length the inputs reach nothing in either (the reference never sees them).
+    np.testing.assert_allclose(g_xs * mask, w_xs * mask, **GRADS)
+    np.testing.assert_allclose(g_h0, w_h0, **GRADS)
+    np.testing.assert_allclose(g_params["lambda"], -w_params["params"]["a_param"],
+                               **GRADS)
+    np.testing.assert_allclose(g_params["w_x"][:, :width], w_params["params"]["a_gate"]["w"][0],
+                               **GRADS)
+    np.testing.assert_allclose(g_params["w_x"][:, width:2 * width],
+                               w_params["params"]["input_gate"]["w"][0], **GRADS)
+    np.testing.assert_allclose(g_params["b"][:2 * width],
+                               jnp.concatenate([w_params["params"]["a_gate"]["b"][0],
+                                                w_params["params"]["input_gate"]["b"][0]]),
+                               **GRADS)
+    # The cap is reached: some unit's 1 - a^2 is below 1 / (4 * 1000^2) at some step.
+    k_r = xs @ variables["params"]["a_gate"]["w"][0] + variables["params"]["a_gate"]["b"][0]
+    log_a = -8.0 * jax.nn.sigmoid(k_r) * jax.nn.softplus(variables["params"]["a_param"])
+    assert float(jnp.min(-jnp.expm1(2 * log_a))) < 2.5e-7
+
+
 def test_chrono_init_gives_the_min_cells_long_memories():
   """mingru's retain 1 - z and minlstm's normalised f' start near 1 with chrono init."""
   x = jnp.zeros((1, 1, 4))
