@@ -352,6 +352,75 @@ def test_rglru_equals_recurrentgemmas_layer(mode, reverse):
     assert float(jnp.min(-jnp.expm1(2 * log_a))) < 2.5e-7
 
 
+@pytest.mark.parametrize("mode", MODES + ("log",))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_min_cells_equal_the_mingru_pytorch_package(name, mode, reverse):
+  """Values and gradients (inputs, weights, initial state) against minGRU-pytorch, an
+  implementation of Feng et al. 2024 in PyTorch written elsewhere (its log-space Heinsen
+  scan, and its step form for a sequence of one), float64, each sequence run alone at its own
+  length (reversed for `reverse`). Its layers have no biases; the minGRU starts from a carried
+  positive state, the minLSTM from zeros (the package passes a carried state through g)."""
+  torch = pytest.importorskip("torch")
+  package = pytest.importorskip("minGRU_pytorch.minLSTM")
+  from minGRU_pytorch import minGRU
+
+  batch, time, width = 3, 37, 6
+  lengths = np.array([37, 20, 1])
+  rng = np.random.default_rng(0)
+  xs = rng.standard_normal((batch, time, width))
+  weights = rng.standard_normal((batch, time, width))
+  mask = np.arange(time)[None, :, None] < lengths[:, None, None]
+  h0 = rng.uniform(0.1, 2.0, (batch, width)) if name == "mingru" else np.zeros((batch, width))
+  cell = cells.get(name)
+  gates = 2 if name == "mingru" else 3
+  w_x = rng.standard_normal((width, gates * width)) / np.sqrt(width)
+  # The package's fused weight [gates * width, width]: candidate first, then the gates.
+  blocks = np.split(w_x, gates, axis=1)
+  torch_weight = np.concatenate([blocks[-1]] + blocks[:-1], axis=1).T
+
+  with jax.enable_x64(True):
+    def loss(w_x, xs, h0):
+      params = {"w_x": w_x, "b": jnp.zeros(gates * width, jnp.float64)}
+      final, ys = recurrent.scan(cell, params, xs, h0, lengths=jnp.asarray(lengths),
+                                 reverse=reverse, scan_mode=mode)
+      return jnp.sum(ys * weights) + jnp.sum(final * weights[:, 0]), (final, ys)
+
+    (_, (final, ys)), (g_w, g_xs, g_h0) = jax.value_and_grad(
+        loss, argnums=(0, 1, 2), has_aux=True)(w_x, xs, h0)
+    # To NumPy here: outside enable_x64, jnp arithmetic would round them to float32.
+    final, ys, g_w, g_xs, g_h0 = map(np.asarray, (final, ys, g_w, g_xs, g_h0))
+
+  layer = (minGRU if name == "mingru" else package.minLSTM)(width).double()
+  layer.requires_grad_(False)
+  fused = layer.to_hidden_and_gate if name == "mingru" else layer.to_hidden_and_f_i_gate
+  fused.weight.copy_(torch.from_numpy(torch_weight))
+  fused.weight.requires_grad_(True)
+  t_xs = torch.from_numpy(xs).requires_grad_(True)
+  t_h0 = torch.from_numpy(h0).requires_grad_(True)
+  total, want_final, want_ys = 0.0, [], np.zeros_like(ys)
+  for i, length in enumerate(lengths):
+    x = t_xs[i:i + 1, :length]
+    x = x.flip(1) if reverse else x
+    prev = t_h0[i:i + 1, None] if name == "mingru" else None
+    y, last = layer(x, prev, return_next_prev_hidden=True)
+    y = y.flip(1) if reverse else y
+    total = total + (y[0] * torch.from_numpy(weights[i, :length])).sum()
+    total = total + (last[0, 0] * torch.from_numpy(weights[i, 0])).sum()
+    want_ys[i, :length] = y[0].detach().numpy()
+    want_final.append(last[0, 0].detach().numpy())
+  total.backward()
+
+  np.testing.assert_allclose(ys, want_ys, rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(final, np.stack(want_final), rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(g_xs * mask, t_xs.grad.numpy() * mask, rtol=1e-9, atol=1e-12)
+  w_grad = np.split(fused.weight.grad.numpy().T, gates, axis=1)  # Back to the cell's order.
+  np.testing.assert_allclose(g_w, np.concatenate(w_grad[1:] + w_grad[:1], axis=1),
+                             rtol=1e-9, atol=1e-12)
+  if name == "mingru":
+    np.testing.assert_allclose(g_h0, t_h0.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
 def test_chrono_init_gives_the_min_cells_long_memories():
   """mingru's retain 1 - z and minlstm's normalised f' start near 1 with chrono init."""
   x = jnp.zeros((1, 1, 4))
