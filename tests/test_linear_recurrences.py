@@ -2,7 +2,9 @@
 
 References written from the equations, not from rnn_jax's code: a float64 NumPy loop for
 h_t = a_t h_{t-1} + b_t; the float64 NumPy cell steps of test_scan_intersections (the
-papers' equations) inside a NumPy residual block, each sequence run alone at its own length.
+papers' equations) inside a NumPy residual block, each sequence run alone at its own length;
+and two implementations written elsewhere: minGRU-pytorch (minGRU, minLSTM) and the Griffin
+authors' RG-LRU layer (reference_recurrentgemma.py).
 The scan options where these cells meet lengths, reverse, truncation, remat and probes are in
 test_scan_intersections' grid; here: long sequences, the block, initialisations, the
 training engine (devices, dropout, vmapped seeds, the language model) and clear errors.
