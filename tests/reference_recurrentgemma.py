@@ -19,7 +19,10 @@ From recurrentgemma 1.0.1 (PyPI; google-deepmind/recurrentgemma), `recurrentgemm
 native path of `recurrentgemma/jax/scan.py`. The package itself cannot be installed beside
 rnn_jax (it pins absl-py < 2 and numpy < 2.4), so the lines that compute the layer are copied
 here unchanged; trimmed: the jaxtyping/typeguard annotations, the complex and Pallas paths,
-sharding and the cache API, and einops (its two rearranges written as reshapes).
+sharding, the cache API, the unroll and one-token branches of the scan (the same result), and
+einops (its two rearranges written as reshapes). Changed: the scan accumulates in the input's
+dtype, where the original always accumulates in float32 (and requires a float32 carried
+state), so that it can serve as a float64 reference.
 """
 
 from collections.abc import Sequence
@@ -93,7 +96,7 @@ class BlockDiagonalLinear(nn.Module):
 
 
 def linear_scan(x: jax.Array, a: jax.Array, h0: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-  """The native scan of `scan.linear_scan`: h_t = a_t * h_{t-1} + x_t over axis 1."""
+  """The native scan of `scan.linear_scan`: h_t = a_t * h_{t-1} + x_t over axis 1, in x's dtype."""
 
   def body(h_t, a_x):
     a_t, x_t = a_x

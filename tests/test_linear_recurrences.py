@@ -267,55 +267,57 @@ def test_rglru_decay_starts_in_its_ring():
   assert 0.9 - 1e-5 <= a.min() and a.max() <= 0.999 + 1e-5
 
 
-def _rglru_params_from_recurrentgemma(variables) -> dict:
-  """RecurrentGemma's one-head RGLRU params as the rglru cell's: its layer feeds x itself where
-  the cell projects u = x W_xu + b_u (so W_xu = I, b_u = 0), and it writes
-  log a = -8 r softplus(a_param) where the cell writes -c r softplus(-Lambda)."""
-  p = variables["params"]
-  width = p["a_param"].shape[0]
-  return {"w_x": jnp.concatenate([p["a_gate"]["w"][0], p["input_gate"]["w"][0],
-                                  jnp.eye(width, dtype=p["a_param"].dtype)], axis=1),
-          "b": jnp.concatenate([p["a_gate"]["b"][0], p["input_gate"]["b"][0],
-                                jnp.zeros(width, p["a_param"].dtype)]),
-          "lambda": -p["a_param"]}
-
-
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES + ("step",))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_rglru_equals_recurrentgemmas_layer(mode, reverse):
   """Values and every gradient against the Griffin authors' own RG-LRU layer (RecurrentGemma,
   tests/reference_recurrentgemma.py), float64, each sequence run alone at its own length
-  (reversed for `reverse`) from a carried state, with decays from 0.5 to within 1e-8 of 1,
-  where sqrt(1 - a^2)'s capped derivative takes over.
+  (reversed for `reverse`) from a carried state, with decays up to within 1e-8 of 1, where
+  sqrt(1 - a^2)'s capped derivative takes over.
 
-  RecurrentGemma also skips the normalisation at a document's first token (segment_pos 0);
-  the cell follows the paper's equation at every step, so the reference runs with no
-  segment start inside the sequence."""
+  The layer feeds its input itself where the cell projects u = x W_u + b_u, so both are
+  functions of the same free parameters: the layer reads x' = x W_u + b_u (gates
+  k = x' A + a), the cell reads x with w_x = [W_u A_r | W_u A_i | W_u] and
+  b = [b_u A_r + a_r | b_u A_i + a_i | b_u]; the gradients of every free parameter are
+  compared. RecurrentGemma also skips the normalisation at a document's first token
+  (segment_pos 0); the cell follows the paper's equation at every step, so the reference
+  runs with no segment start inside the sequence."""
   from reference_recurrentgemma import RGLRU
 
   batch, time, width = 3, 37, 8
   lengths = np.array([37, 20, 1])
   with jax.enable_x64(True):
     layer = RGLRU(width=width, num_heads=1)
-    xs = jax.random.normal(jax.random.key(1), (batch, time, width), jnp.float64)
-    h0 = jax.random.normal(jax.random.key(2), (batch, width), jnp.float64)
-    variables = layer.init(jax.random.key(0), xs, jnp.ones((batch, time), jnp.int32))
-    # Decays from a = 0.5 (a_param 0.5) to 1 - 1e-8 and beyond (a_param -25): there
-    # 1 - a^2 < 1 / (4 * 1000^2) and both sides cap sqrt's derivative at 1000.
-    variables["params"]["a_param"] = jnp.linspace(0.5, -25.0, width)
-    weights = jax.random.normal(jax.random.key(3), (batch, time, width), jnp.float64)
-    mask = np.arange(time)[None, :, None] < lengths[:, None, None]
+    keys = jax.random.split(jax.random.key(0), 9)
+    xs = jax.random.normal(keys[0], (batch, time, width), jnp.float64)
+    h0 = jax.random.normal(keys[1], (batch, width), jnp.float64)
+    weights = jax.random.normal(keys[2], (batch, time, width), jnp.float64)
+    normal = lambda key, *shape: jax.random.normal(key, shape, jnp.float64) / math.sqrt(width)
+    free = {"w_u": normal(keys[3], width, width), "b_u": normal(keys[4], width),
+            "a_r": normal(keys[5], width, width), "b_r": normal(keys[6], width),
+            "a_i": normal(keys[7], width, width), "b_i": normal(keys[8], width),
+            # Decays from a ~ 0.02 (a_param 0.5) to within 1e-8 of 1 (a_param -25): there
+            # 1 - a^2 < 1 / (4 * 1000^2) and both sides cap sqrt's derivative at 1000.
+            "a_param": jnp.linspace(0.5, -25.0, width)}
 
-    def ours(params, xs, h0):
-      final, ys = recurrent.scan(cells.get("rglru"), params, xs, h0, lengths=jnp.asarray(lengths),
-                                 reverse=reverse, scan_mode=mode)
+    def ours(free, xs, h0):
+      params = {"w_x": jnp.concatenate([free["w_u"] @ free["a_r"], free["w_u"] @ free["a_i"],
+                                        free["w_u"]], axis=1),
+                "b": jnp.concatenate([free["b_u"] @ free["a_r"] + free["b_r"],
+                                      free["b_u"] @ free["a_i"] + free["b_i"], free["b_u"]]),
+                "lambda": -free["a_param"]}  # sigmoid(L)^c = exp(-c softplus(-L)).
+      final, ys = recurrent.scan(cells.get("rglru"), params, xs, h0,
+                                 lengths=jnp.asarray(lengths), reverse=reverse, scan_mode=mode)
       return jnp.sum(ys * weights) + jnp.sum(final * weights[:, 0]), (final, ys)
 
-    def theirs(variables, xs, h0):
+    def theirs(free, xs, h0):
       """Each sequence alone: its first `length` steps, reversed for `reverse`."""
+      variables = {"params": {"a_param": free["a_param"],
+                              "a_gate": {"w": free["a_r"][None], "b": free["b_r"][None]},
+                              "input_gate": {"w": free["a_i"][None], "b": free["b_i"][None]}}}
       loss, finals, ys = 0.0, [], []
       for i, length in enumerate(lengths):
-        x = xs[i:i + 1, :length]
+        x = xs[i:i + 1, :length] @ free["w_u"] + free["b_u"]
         x = x[:, ::-1] if reverse else x
         y, last = layer.apply(variables, x, jnp.ones((1, length), jnp.int32), h0[i:i + 1])
         y = y[:, ::-1] if reverse else y
@@ -324,45 +326,36 @@ def test_rglru_equals_recurrentgemmas_layer(mode, reverse):
         ys.append(jnp.pad(y[0], ((0, time - length), (0, 0))))
       return loss, (jnp.stack(finals), jnp.stack(ys))
 
-    (_, (final, ys)), grads = jax.value_and_grad(ours, argnums=(0, 1, 2), has_aux=True)(
-        _rglru_params_from_recurrentgemma(variables), xs, h0)
-    (_, (want_final, want_ys)), want = jax.value_and_grad(theirs, argnums=(0, 1, 2),
-                                                          has_aux=True)(variables, xs, h0)
+    (_, got), got_grads = jax.value_and_grad(ours, (0, 1, 2), has_aux=True)(free, xs, h0)
+    (_, want), want_grads = jax.value_and_grad(theirs, (0, 1, 2), has_aux=True)(free, xs, h0)
     # The reference forms 1 - a^2 as 1 - exp(2 log a), the cell as -expm1(2 log a): where
-    # 1 - a^2 ~ 1e-8 the reference's own rounding is ~1e-8 of it, so ~1e-11 in the outputs.
-    VALUES, GRADS = {"rtol": 1e-9, "atol": 1e-10}, {"rtol": 1e-9, "atol": 1e-10}
-    np.testing.assert_allclose(ys, want_ys, **VALUES)
-    np.testing.assert_allclose(final, want_final, **VALUES)
-    g_params, g_xs, g_h0 = grads
-    w_params, w_xs, w_h0 = want
+    # 1 - a^2 ~ 1e-8 the reference's own rounding is ~1e-8 of it, ~1e-11 in the outputs.
     # Past each length the inputs reach nothing in either (the reference never sees them).
-    np.testing.assert_allclose(g_xs * mask, w_xs * mask, **GRADS)
-    np.testing.assert_allclose(g_h0, w_h0, **GRADS)
-    np.testing.assert_allclose(g_params["lambda"], -w_params["params"]["a_param"],
-                               **GRADS)
-    np.testing.assert_allclose(g_params["w_x"][:, :width], w_params["params"]["a_gate"]["w"][0],
-                               **GRADS)
-    np.testing.assert_allclose(g_params["w_x"][:, width:2 * width],
-                               w_params["params"]["input_gate"]["w"][0], **GRADS)
-    np.testing.assert_allclose(g_params["b"][:2 * width],
-                               jnp.concatenate([w_params["params"]["a_gate"]["b"][0],
-                                                w_params["params"]["input_gate"]["b"][0]]),
-                               **GRADS)
+    paths, got_leaves = _leaves_with_paths((got, got_grads))
+    want_paths, want_leaves = _leaves_with_paths((want, want_grads))
+    assert paths == want_paths
+    for path, g, w in zip(paths, got_leaves, want_leaves):
+      np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-10, err_msg=path)
     # The cap is reached: some unit's 1 - a^2 is below 1 / (4 * 1000^2) at some step.
-    k_r = xs @ variables["params"]["a_gate"]["w"][0] + variables["params"]["a_gate"]["b"][0]
-    log_a = -8.0 * jax.nn.sigmoid(k_r) * jax.nn.softplus(variables["params"]["a_param"])
+    k_r = (xs @ free["w_u"] + free["b_u"]) @ free["a_r"] + free["b_r"]
+    log_a = -8.0 * jax.nn.sigmoid(k_r) * jax.nn.softplus(free["a_param"])
     assert float(jnp.min(-jnp.expm1(2 * log_a))) < 2.5e-7
 
 
-@pytest.mark.parametrize("mode", MODES + ("log",))
+def _leaves_with_paths(tree) -> tuple[list[str], list[np.ndarray]]:
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return [jax.tree_util.keystr(k) for k, _ in leaves], [np.asarray(v) for _, v in leaves]
+
+
+@pytest.mark.parametrize("mode", MODES + ("log", "step"))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
 def test_min_cells_equal_the_mingru_pytorch_package(name, mode, reverse):
-  """Values and gradients (inputs, weights, initial state) against minGRU-pytorch, an
+  """Values and gradients (inputs, weights, biases, initial state) against minGRU-pytorch, an
   implementation of Feng et al. 2024 in PyTorch written elsewhere (its log-space Heinsen
   scan, and its step form for a sequence of one), float64, each sequence run alone at its own
-  length (reversed for `reverse`). Its layers have no biases; the minGRU starts from a carried
-  positive state, the minLSTM from zeros (the package passes a carried state through g)."""
+  length (reversed for `reverse`) from a carried positive state. Its projection has no bias:
+  a forward hook adds the cell's to the projection's output."""
   torch = pytest.importorskip("torch")
   package = pytest.importorskip("minGRU_pytorch.minLSTM")
   from minGRU_pytorch import minGRU
@@ -372,39 +365,47 @@ def test_min_cells_equal_the_mingru_pytorch_package(name, mode, reverse):
   rng = np.random.default_rng(0)
   xs = rng.standard_normal((batch, time, width))
   weights = rng.standard_normal((batch, time, width))
-  mask = np.arange(time)[None, :, None] < lengths[:, None, None]
-  h0 = rng.uniform(0.1, 2.0, (batch, width)) if name == "mingru" else np.zeros((batch, width))
+  h0 = rng.uniform(0.5, 2.0, (batch, width))
   cell = cells.get(name)
   gates = 2 if name == "mingru" else 3
   w_x = rng.standard_normal((width, gates * width)) / np.sqrt(width)
-  # The package's fused weight [gates * width, width]: candidate first, then the gates.
-  blocks = np.split(w_x, gates, axis=1)
-  torch_weight = np.concatenate([blocks[-1]] + blocks[:-1], axis=1).T
+  b = rng.standard_normal(gates * width)
+
+  def to_package(v):  # The cell's gate order (z, h~ / f, i, h~) as the package's (h~, ...).
+    blocks = np.split(v, gates, axis=-1)
+    return np.concatenate(blocks[-1:] + blocks[:-1], axis=-1)
+
+  def from_package(v):
+    blocks = np.split(v, gates, axis=-1)
+    return np.concatenate(blocks[1:] + blocks[:1], axis=-1)
 
   with jax.enable_x64(True):
-    def loss(w_x, xs, h0):
-      params = {"w_x": w_x, "b": jnp.zeros(gates * width, jnp.float64)}
+    def loss(params, xs, h0):
       final, ys = recurrent.scan(cell, params, xs, h0, lengths=jnp.asarray(lengths),
                                  reverse=reverse, scan_mode=mode)
       return jnp.sum(ys * weights) + jnp.sum(final * weights[:, 0]), (final, ys)
 
-    (_, (final, ys)), (g_w, g_xs, g_h0) = jax.value_and_grad(
-        loss, argnums=(0, 1, 2), has_aux=True)(w_x, xs, h0)
+    (_, (final, ys)), (g_params, g_xs, g_h0) = jax.value_and_grad(
+        loss, argnums=(0, 1, 2), has_aux=True)({"w_x": w_x, "b": b}, xs, h0)
     # To NumPy here: outside enable_x64, jnp arithmetic would round them to float32.
-    final, ys, g_w, g_xs, g_h0 = map(np.asarray, (final, ys, g_w, g_xs, g_h0))
+    final, ys, g_xs, g_h0 = map(np.asarray, (final, ys, g_xs, g_h0))
+    g_w, g_b = np.asarray(g_params["w_x"]), np.asarray(g_params["b"])
 
   layer = (minGRU if name == "mingru" else package.minLSTM)(width).double()
-  layer.requires_grad_(False)
   fused = layer.to_hidden_and_gate if name == "mingru" else layer.to_hidden_and_f_i_gate
-  fused.weight.copy_(torch.from_numpy(torch_weight))
-  fused.weight.requires_grad_(True)
+  with torch.no_grad():
+    fused.weight.copy_(torch.from_numpy(to_package(w_x).T))
+  t_b = torch.from_numpy(to_package(b)).requires_grad_(True)
+  fused.register_forward_hook(lambda module, inputs, output: output + t_b)
   t_xs = torch.from_numpy(xs).requires_grad_(True)
   t_h0 = torch.from_numpy(h0).requires_grad_(True)
   total, want_final, want_ys = 0.0, [], np.zeros_like(ys)
   for i, length in enumerate(lengths):
     x = t_xs[i:i + 1, :length]
     x = x.flip(1) if reverse else x
-    prev = t_h0[i:i + 1, None] if name == "mingru" else None
+    prev = t_h0[i:i + 1, None]
+    if name == "minlstm" and length > 1:
+      prev = prev - 0.5  # Its log-space form passes a carried state through g (v + 0.5 here).
     y, last = layer(x, prev, return_next_prev_hidden=True)
     y = y.flip(1) if reverse else y
     total = total + (y[0] * torch.from_numpy(weights[i, :length])).sum()
@@ -415,12 +416,12 @@ def test_min_cells_equal_the_mingru_pytorch_package(name, mode, reverse):
 
   np.testing.assert_allclose(ys, want_ys, rtol=1e-9, atol=1e-12)
   np.testing.assert_allclose(final, np.stack(want_final), rtol=1e-9, atol=1e-12)
-  np.testing.assert_allclose(g_xs * mask, t_xs.grad.numpy() * mask, rtol=1e-9, atol=1e-12)
-  w_grad = np.split(fused.weight.grad.numpy().T, gates, axis=1)  # Back to the cell's order.
-  np.testing.assert_allclose(g_w, np.concatenate(w_grad[1:] + w_grad[:1], axis=1),
-                             rtol=1e-9, atol=1e-12)
-  if name == "mingru":
-    np.testing.assert_allclose(g_h0, t_h0.grad.numpy(), rtol=1e-9, atol=1e-12)
+  # Past each length the inputs reach nothing in either (the package never sees them).
+  np.testing.assert_allclose(g_xs, t_xs.grad.numpy(), rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(g_w, from_package(fused.weight.grad.numpy().T), rtol=1e-9,
+                             atol=1e-12)
+  np.testing.assert_allclose(g_b, from_package(t_b.grad.numpy()), rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(g_h0, t_h0.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
 def test_chrono_init_gives_the_min_cells_long_memories():
