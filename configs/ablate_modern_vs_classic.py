@@ -14,8 +14,9 @@ cells that take it (mingru, minlstm, lstm, gru), and `T=length` items (default T
 `:mingru,minlstm,rglru,T=50,T=200,T=500` for the lengths of ablate_adding.py. The LRU is not
 in the default list: the task needs the product of a value and its marker, and a state linear
 in the inputs (LRU: s = sum of lambda^k B x) cannot form it; it needs a block with an MLP
-before its recurrence (`block="residual"`, two layers), not run at T = 1000 here. minGRU, minLSTM and RG-LRU
-multiply input gates by input values, so one layer can. Expected (2 CPU cores): lstm, gru,
+before its recurrence (`block="residual"`, two layers), not run at T = 1000 here. minGRU,
+minLSTM and RG-LRU multiply input gates by input values, so one layer can. Expected (2 CPU
+cores): lstm, gru,
 mingru, minlstm and rglru from their usual inits stay at the 0.167 baseline after 2,000
 updates (12-23 min per cell, 3 seeds together, with other jobs on the CPU; the IRNN was not
 run at T = 1000); `:mingru,chrono=1000` with `--config.base.num_epochs=40` (8,000 updates,
