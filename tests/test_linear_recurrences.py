@@ -277,8 +277,9 @@ def test_rglru_equals_recurrentgemmas_layer(mode, reverse):
 
   The layer feeds its input itself where the cell projects u = x W_u + b_u, so both are
   functions of the same free parameters: the layer reads x' = x W_u + b_u (gates
-  k = x' A + a), the cell reads x with w_x = [W_u A_r | W_u A_i | W_u] and
-  b = [b_u A_r + a_r | b_u A_i + a_i | b_u]; the gradients of every free parameter are
+  k_r = x' A_r + b_r, k_i = x' A_i + b_i), the cell reads x with
+  w_x = [W_u A_r | W_u A_i | W_u] and b = [b_u A_r + b_r | b_u A_i + b_i | b_u]; the
+  gradients of every free parameter are
   compared. RecurrentGemma also skips the normalisation at a document's first token
   (segment_pos 0); the cell follows the paper's equation at every step, so the reference
   runs with no segment start inside the sequence."""
