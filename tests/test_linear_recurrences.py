@@ -279,8 +279,7 @@ def test_rglru_equals_recurrentgemmas_layer(mode, reverse):
   functions of the same free parameters: the layer reads x' = x W_u + b_u (gates
   k_r = x' A_r + b_r, k_i = x' A_i + b_i), the cell reads x with
   w_x = [W_u A_r | W_u A_i | W_u] and b = [b_u A_r + b_r | b_u A_i + b_i | b_u]; the
-  gradients of every free parameter are
-  compared. RecurrentGemma also skips the normalisation at a document's first token
+  gradients of every free parameter are compared. RecurrentGemma also skips the normalisation at a document's first token
   (segment_pos 0); the cell follows the paper's equation at every step, so the reference
   runs with no segment start inside the sequence."""
   from reference_recurrentgemma import RGLRU
@@ -372,13 +371,10 @@ def test_min_cells_equal_the_mingru_pytorch_package(name, mode, reverse):
   w_x = rng.standard_normal((width, gates * width)) / np.sqrt(width)
   b = rng.standard_normal(gates * width)
 
-  def to_package(v):  # The cell's gate order (z, h~ / f, i, h~) as the package's (h~, ...).
-    blocks = np.split(v, gates, axis=-1)
-    return np.concatenate(blocks[-1:] + blocks[:-1], axis=-1)
-
-  def from_package(v):
-    blocks = np.split(v, gates, axis=-1)
-    return np.concatenate(blocks[1:] + blocks[:1], axis=-1)
+  # The cell's gate blocks (z, h~ / f, i, h~) in the package's order (h~, z / h~, f, i): the
+  # last block first, i.e. the gate axis rolled by one block; rolled back for its gradients.
+  to_package = lambda v: np.roll(v, width, axis=-1)
+  from_package = lambda v: np.roll(v, -width, axis=-1)
 
   with jax.enable_x64(True):
     def loss(params, xs, h0):
