@@ -676,6 +676,64 @@ def log_positive_candidate(v: jax.Array) -> jax.Array:
   return jnp.where(v >= 0, jnp.log(jnp.maximum(v, 0.0) + 0.5), -jax.nn.softplus(-v))
 
 
+def _candidate_and_slope(v: jax.Array, positive: bool) -> tuple[jax.Array, jax.Array]:
+  """g(v) and g'(v): `positive_candidate` and its slope (1 from 0 up, sigmoid' below), or the
+  identity and 1."""
+  if not positive:
+    return v, jnp.ones_like(v)
+  s = jax.nn.sigmoid(v)  # The same sigmoid as positive_candidate's: XLA computes it once.
+  return positive_candidate(v), jnp.where(v >= 0, 1.0, s * (1.0 - s))
+
+
+def _minlstm_gates(k_f: jax.Array, k_i: jax.Array, normalize: bool) -> tuple[jax.Array, ...]:
+  """(f', i', 1 - f, 1 - i): minLSTM's gates from their pre-activations, normalised
+  (f' = f / (f + i), i' = i / (f + i)) or not, and the complements of f and i.
+
+  Below -40 a sigmoid is exp(k) to the last bit of float64 (the next term is exp(2 k)), so
+  where both pre-activations are below it, both are shifted up by the same amount first: the
+  ratio is unchanged, and no longer 0 / 0 where f and i would underflow to 0.
+  """
+  if normalize:
+    top = jnp.maximum(k_f, k_i)
+    shift = jnp.where(top < -40.0, -40.0 - top, 0.0)
+    k_f, k_i = k_f + shift, k_i + shift
+  f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
+  not_f, not_i = jax.nn.sigmoid(-k_f), jax.nn.sigmoid(-k_i)  # Exact where f, i round to 1.
+  if not normalize:
+    return f, i, not_f, not_i
+  total = 1.0 / (f + i)
+  return f * total, i * total, not_f, not_i
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def minlstm_pointwise(k_f: jax.Array, k_i: jax.Array, k_h: jax.Array, positive: bool,
+                      normalize: bool) -> tuple[jax.Array, jax.Array]:
+  """minLSTM's coefficients a = f', b = i' * g(k_h) from its projections [..., hidden]
+  (`minlstm`'s equations; `_minlstm_gates`).
+
+  Its derivative is written out (`_minlstm_pointwise_jvp`), as `lstm_pointwise`'s: the
+  normalised gates' is f' i' ((1 - f) dk_f - (1 - i) dk_i), so reverse mode keeps a few
+  coefficients instead of every intermediate of the expression, and computing the gates as
+  sigmoids and one division, not from their logs, makes the training step faster
+  (docs/performance.md). A custom JVP, so forward mode and higher derivatives still work.
+  """
+  f, i, _, _ = _minlstm_gates(k_f, k_i, normalize)
+  return f, i * _candidate_and_slope(k_h, positive)[0]
+
+
+@minlstm_pointwise.defjvp
+def _minlstm_pointwise_jvp(positive, normalize, primals, tangents):
+  (k_f, k_i, k_h), (dk_f, dk_i, dk_h) = primals, tangents
+  f, i, not_f, not_i = _minlstm_gates(k_f, k_i, normalize)
+  g, slope = _candidate_and_slope(k_h, positive)
+  if normalize:  # i' = 1 - f'.
+    df = (f * i) * (not_f * dk_f - not_i * dk_i)
+    di = -df
+  else:
+    df, di = (f * not_f) * dk_f, (i * not_i) * dk_i
+  return (f, i * g), (df, g * di + (i * slope) * dk_h)
+
+
 def _input_gate_params(key, input_size: int, hidden_size: int, num_gates: int) -> Params:
   """w_x [input, G*hidden] (Glorot), b [G*hidden] zeros: every gate from x alone."""
   _check_sizes(input_size, hidden_size)
@@ -740,7 +798,6 @@ def minlstm(positive: bool = True, normalize: bool = True, chrono_init: int = 0)
   """
   if chrono_init:
     _check_chrono(chrono_init)
-  candidate = positive_candidate if positive else (lambda v: v)
 
   def init(key, input_size, hidden_size):
     params = _input_gate_params(key, input_size, hidden_size, 3)
@@ -751,12 +808,7 @@ def minlstm(positive: bool = True, normalize: bool = True, chrono_init: int = 0)
 
   def coefficients(params, xs):
     k_f, k_i, k_h = jnp.split(affine(xs, params["w_x"], params["b"]), 3, axis=-1)
-    if normalize:  # f / (f + i) = sigmoid(log f - log i): no 0 / 0 where both underflow.
-      log_f, log_i = -jax.nn.softplus(-k_f), -jax.nn.softplus(-k_i)
-      f, i = jax.nn.sigmoid(log_f - log_i), jax.nn.sigmoid(log_i - log_f)
-    else:
-      f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
-    return f, i * candidate(k_h)
+    return minlstm_pointwise(k_f, k_i, k_h, positive, normalize)
 
   def log_coefficients(params, xs):
     k_f, k_i, k_h = jnp.split(affine(xs, params["w_x"], params["b"]), 3, axis=-1)

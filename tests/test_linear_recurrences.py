@@ -650,8 +650,8 @@ def test_lm_of_linear_recurrences_resumes_mid_epoch_exactly(tmp_path):
 
 
 def test_minlstm_normalisation_is_finite_where_both_gates_underflow():
-  """f / (f + i) with f = i = 0 in float32 would be 0 / 0: computed from the logs, it is
-  the limit, 1 / (1 + exp(k_i - k_f))."""
+  """f / (f + i) with f = i = 0 in float32 would be 0 / 0: it is the limit,
+  1 / (1 + exp(k_i - k_f)), and so is its gradient's."""
   cell = cells.get("minlstm")
   params = cell.init(jax.random.key(0), 2, 3)
   params["b"] = params["b"].at[:6].set(jnp.array([-200.0, -200.0, -300.0, -201.0, -200.0,
@@ -659,6 +659,10 @@ def test_minlstm_normalisation_is_finite_where_both_gates_underflow():
   a, b = cell.linear.coefficients(params, jnp.zeros((1, 1, 2)))
   np.testing.assert_allclose(a[0, 0], [1 / (1 + np.exp(-1.0)), 0.5, 0.5], rtol=1e-6)
   assert bool(jnp.isfinite(b).all())
+  grad_b = jax.grad(lambda p: jnp.sum(cell.linear.coefficients(p, jnp.zeros((1, 1, 2)))[0]
+                                      [..., 0]))(params)["b"]
+  limit = np.exp(-1.0) / (1 + np.exp(-1.0)) ** 2  # d/dk_f of 1 / (1 + exp(k_i - k_f)).
+  np.testing.assert_allclose(np.asarray(grad_b)[[0, 3]], [limit, -limit], rtol=1e-6)
 
 
 @pytest.mark.parametrize("bidirectional", [False, pytest.param(True, marks=SLOW)])

@@ -5,6 +5,8 @@
   cell against a Python loop of the textbook cell, each sequence alone at its own length.
 - `cells.lstm_pointwise`, the LSTM's elementwise part with its derivative written out, must
   match autodiff of the same expression in value, forward and reverse mode, and second order.
+- `cells.minlstm_pointwise`, minLSTM's coefficients computed the fast way with their derivative
+  written out, must match autodiff of the paper's expression the same way, in float64.
 - `train.compiler_options()` must leave a training update unchanged (to float rounding).
 """
 
@@ -135,6 +137,55 @@ def test_lstm_pointwise_passes_numerical_gradient_checks():
   args = _pointwise_args(seed=4, shape=(2, 3))
   check_grads(cells.lstm_pointwise, args, order=2, modes=("fwd", "rev"), eps=1e-2,
               atol=5e-2, rtol=5e-2)
+
+
+def _paper_minlstm(k_f, k_i, k_h, positive, normalize):
+  """Feng et al. 2024's minLSTM coefficients as the paper writes them."""
+  f, i = 1.0 / (1.0 + jnp.exp(-k_f)), 1.0 / (1.0 + jnp.exp(-k_i))
+  if normalize:
+    f, i = f / (f + i), i / (f + i)
+  g = jnp.where(k_h >= 0, k_h + 0.5, 1.0 / (1.0 + jnp.exp(-k_h))) if positive else k_h
+  return f, i * g
+
+
+@pytest.mark.parametrize("positive", [True, False])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_minlstm_pointwise_matches_autodiff_of_the_papers_expression(positive, normalize):
+  """`cells.minlstm_pointwise` (sigmoids and a division, derivative written out, a shift
+  where both gates would underflow) against autodiff of the paper's expression in float64:
+  values, reverse and forward mode, and second order. The inputs hold g's kink (0), gates
+  near 1 (k = 20, 40: 1 - f must not round to 0), and pairs below -40 (the shifted ones;
+  float64 computes the paper's expression there without underflow)."""
+  fast = lambda *k: cells.minlstm_pointwise(*k, positive, normalize)
+  paper = lambda *k: _paper_minlstm(*k, positive, normalize)
+  with jax.enable_x64(True):
+    keys = jax.random.split(jax.random.PRNGKey(7), 8)
+    k_f, k_i, k_h = (3.0 * jax.random.normal(k, (4, 6), jnp.float64) for k in keys[:3])
+    k_f = k_f.at[0, :4].set(jnp.array([20.0, 40.0, -60.0, -200.0]))
+    k_i = k_i.at[0, :4].set(jnp.array([40.0, 3.0, -45.0, -201.5]))
+    k_h = k_h.at[0, 0].set(0.0)
+    args = (k_f, k_i, k_h)
+    cotangents = tuple(jax.random.normal(k, (4, 6), jnp.float64) for k in keys[3:5])
+    tangents = tuple(jax.random.normal(k, (4, 6), jnp.float64) for k in keys[5:8])
+    for a, b in zip(fast(*args), paper(*args), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+    # Autodiff of i / (f + i) where i' -> 1 loses digits (3e-10 relative at k = -60, -45
+    # against mpmath; the written-out form is within 5e-16 there): hence 1e-9.
+    tol = dict(rtol=1e-9, atol=1e-30)
+    for a, b in zip(jax.vjp(fast, *args)[1](cotangents), jax.vjp(paper, *args)[1](cotangents),
+                    strict=True):
+      np.testing.assert_allclose(a, b, **tol)
+    for a, b in zip(jax.jvp(fast, args, tangents)[1], jax.jvp(paper, args, tangents)[1],
+                    strict=True):
+      np.testing.assert_allclose(a, b, **tol)
+    def hessians(fn):
+      loss = lambda *k: jnp.sum(jnp.sin(fn(*k)[0])) + jnp.sum(fn(*k)[1] ** 3)
+      return jax.hessian(loss, argnums=(0, 1, 2))(*[a[:1, :5] for a in args])
+    for a, b in zip(jax.tree.leaves(hessians(fast)), jax.tree.leaves(hessians(paper)),
+                    strict=True):
+      # Second order: lax.logistic's own derivative, s (1 - s), is 0 at k = 40 where the
+      # exact one is 4e-18, on either side: an absolute 1e-15 on entries of order 1.
+      np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-15)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
