@@ -97,6 +97,7 @@ def get_config():
 '''
 
 
+@pytest.mark.slow  # ~25 s; test_lm_resumed_mid_epoch_continues_exactly stays in the default run.
 def test_launch_trains_resumes_and_guards_the_language_model(tmp_path):
   """`python launch.py --config=<an LM config>` trains the LM through the one loop: a summary,
   a rerun that resumes (nothing left to train), a changed field refused."""

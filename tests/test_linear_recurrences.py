@@ -30,6 +30,7 @@ from test_train_intersections import params_after_training_in_modes
 
 LINEAR = ("mingru", "minlstm", "rglru", "lru")
 MODES = ("sequential", "chunked", "parallel")
+SLOW = pytest.mark.slow  # Kept out of the default run for its time; CI runs them too.
 
 
 # ----------------------------------------------------------------------------- linear_scan
@@ -192,7 +193,7 @@ def test_log_linear_scan_matches_a_float64_loop(time, restarts):
       f"max error / scale {np.max(error / scale):.2e} at max |a*| {np.abs(a_star).max():.0f}")
 
 
-@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+@pytest.mark.parametrize("name", [pytest.param("mingru", marks=SLOW), "minlstm"])
 def test_log_mode_derivatives_stay_accurate_over_a_long_untruncated_sequence(name):
   """T = 784, full BPTT, a read-out of the last state: autodiff of the log-space formula
   cancels large terms (its gradient was off by 1e-2 here); the derivatives follow the
@@ -218,7 +219,7 @@ def test_log_mode_derivatives_stay_accurate_over_a_long_untruncated_sequence(nam
   np.testing.assert_allclose(jvp, want_jvp, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", LINEAR)
+@pytest.mark.parametrize("name", [pytest.param("mingru", marks=SLOW), "minlstm", "rglru", "lru"])
 def test_modes_agree_on_a_long_padded_batch_with_truncation(name):
   """T = 600, lengths down to 1, reverse, truncation k = 50, a loss on every output and the
   final carry: values and gradients of every whole-sequence mode equal the cell's step run in
@@ -558,7 +559,6 @@ def test_config_errors_for_the_new_options_are_clear(tmp_path, overrides, messag
 
 # ----------------------------------------------------------------------------- training
 
-SLOW = pytest.mark.slow  # Kept out of the default run for its time; CI runs them too.
 
 
 @pytest.mark.parametrize("cell,block,scan_mode", [
@@ -594,7 +594,7 @@ def test_scan_mode_is_how_not_what_a_run_resumes_in_another(tmp_path):
 
 
 @pytest.mark.parametrize("cell,modes", [("mingru", ("sharded", "pmap")),
-                                        ("rglru", ("sharded", "pmap"))])
+                                        pytest.param("rglru", ("sharded", "pmap"), marks=SLOW)])
 def test_jit_sharded_and_pmap_agree_with_dropout_on(cell, modes):
   """A residual stack of linear recurrences with dropout on 4 devices: the ways to use them
   train the same parameters, and dropout does act."""
@@ -704,6 +704,7 @@ def test_vmapped_seeds_of_a_residual_lru_equal_a_run_on_its_own(tmp_path):
     assert len(json.load(f)["grad_norm_through_time"]) == 10
 
 
+@SLOW
 def test_lru_with_dropout_trains_alike_on_one_and_four_devices():
   """The LRU (complex state) with dropout: one device, a batch sharded over 4 and pmap over 4
   train the same parameters."""

@@ -145,7 +145,7 @@ def test_the_lstm_derivative_in_bfloat16_matches_autodiff_of_the_plain_expressio
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * float(jnp.max(jnp.abs(b))))
 
 
-@pytest.mark.parametrize("kind", ["features", "tokens"])
+@pytest.mark.parametrize("kind", ["features", pytest.param("tokens", marks=pytest.mark.slow)])
 def test_a_bfloat16_training_step_matches_the_float32_step(kind):
   """The real train step (dropout, lengths, a bidirectional 2-layer stack), with SGD at rate 1
   so that each update is minus the gradient: the bfloat16 update points where float32's does
@@ -194,6 +194,7 @@ def test_a_bfloat16_config_trains_end_to_end(tmp_path):
   assert summary["config"]["compute_dtype"] == "bfloat16"
 
 
+@pytest.mark.slow
 def test_bfloat16_with_dropout_gives_the_same_update_on_1_and_4_devices():
   """jit, sharded and pmap over 4 fake devices with bfloat16 matmuls and dropout: the same
   update (SGD at rate 1, so the update is minus the gradient) up to bfloat16 rounding of the

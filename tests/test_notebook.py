@@ -104,6 +104,7 @@ def test_a_failing_cell_fails_the_run(monkeypatch):
     _execute(nb, monkeypatch)
 
 
+@pytest.mark.slow  # ~100 s: the default run keeps the notebook's cheaper checks.
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   unmet = _unmet_requirements()
   if unmet:  # Else the notebook's install cell would run pip on this environment.

@@ -89,7 +89,7 @@ def _steps(mode, batches, config, task):
   return runner.get_state(state)
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "imdb_reviews"])
+@pytest.mark.parametrize("dataset", ["mnist", pytest.param("imdb_reviews", marks=pytest.mark.slow)])
 def test_jit_sharded_and_pmap_give_the_same_parameters(dataset):
   assert jax.device_count() == 4, "conftest should give 4 fake CPU devices"
   config = tiny_config(dataset=dataset, batch_size=32, max_len=20, vocab_size=50, embed_size=8)
@@ -202,6 +202,7 @@ def test_incompatible_resume_is_refused(tmp_path):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_short_run_on_real_mnist_beats_90_percent(tmp_path):
   data_dir = real_data_dir("mnist")
   config = tiny_config(data_dir=data_dir, download=False, hidden_size=64, batch_size=128,

@@ -41,7 +41,7 @@ def params_after_training_in_modes(config, model, batches, modes=("jit", "sharde
   return results
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "imdb_reviews"])
+@pytest.mark.parametrize("dataset", ["mnist", pytest.param("imdb_reviews", marks=pytest.mark.slow)])
 def test_jit_sharded_and_pmap_agree_with_dropout_on(dataset):
   """Dropout masks depend on the example (its index in the global batch), not on which device
   holds it, so the three ways to use 4 devices train the same parameters."""
@@ -63,7 +63,8 @@ def test_jit_sharded_and_pmap_agree_with_dropout_on(dataset):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=mode)
 
 
-@pytest.mark.parametrize("dropout_mode", ["outputs", "cell_inputs"])
+@pytest.mark.parametrize("dropout_mode", ["outputs",
+                                          pytest.param("cell_inputs", marks=pytest.mark.slow)])
 def test_a_row_draws_the_same_masks_whatever_the_rest_of_the_batch(dropout_mode):
   """Each row's masks come from fold_in(key, its global index): computing rows 4..7 alone
   (with their offset) gives exactly those rows of the whole batch, with padding, both
