@@ -560,7 +560,6 @@ def test_config_errors_for_the_new_options_are_clear(tmp_path, overrides, messag
 # ----------------------------------------------------------------------------- training
 
 
-
 @pytest.mark.parametrize("cell,block,scan_mode", [
     ("mingru", "residual", "chunked"), pytest.param("minlstm", "plain", "parallel", marks=SLOW),
     pytest.param("rglru", "residual", "sequential", marks=SLOW), ("lru", "residual", "auto"),
