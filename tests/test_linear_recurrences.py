@@ -269,7 +269,8 @@ def test_rglru_decay_starts_in_its_ring():
 
 
 @pytest.mark.parametrize("mode", MODES + ("step",))
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("reverse", [False, pytest.param(True, marks=SLOW)],
+                         ids=["forward", "reverse"])  # Reverse: also in the scan grid.
 def test_rglru_equals_recurrentgemmas_layer(mode, reverse):
   """Values and every gradient against the Griffin authors' own RG-LRU layer (RecurrentGemma,
   tests/reference_recurrentgemma.py), float64, each sequence run alone at its own length
@@ -349,7 +350,8 @@ def _leaves_with_paths(tree) -> tuple[list[str], list[np.ndarray]]:
 
 
 @pytest.mark.parametrize("mode", MODES + ("log", "step"))
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("reverse", [False, pytest.param(True, marks=SLOW)],
+                         ids=["forward", "reverse"])  # Reverse: also in the scan grid.
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
 def test_min_cells_equal_the_mingru_pytorch_package(name, mode, reverse):
   """Values and gradients (inputs, weights, biases, initial state) against minGRU-pytorch, an
@@ -509,7 +511,7 @@ def _np_model(model, params, xs, n):
   return pooled @ p["head"]["w"] + p["head"]["b"], h
 
 
-@pytest.mark.parametrize("cell", ["mingru", "lru", "lstm"])
+@pytest.mark.parametrize("cell", [pytest.param("mingru", marks=SLOW), "lru", "lstm"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_residual_stack_matches_each_sequence_alone(cell, bidirectional):
   """Two residual layers (any cell, classic ones included), padding full of garbage: the
@@ -592,8 +594,9 @@ def test_scan_mode_is_how_not_what_a_run_resumes_in_another(tmp_path):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
+@SLOW  # The engine's own check of devices with dropout (test_train_intersections) stays.
 @pytest.mark.parametrize("cell,modes", [("mingru", ("sharded", "pmap")),
-                                        pytest.param("rglru", ("sharded", "pmap"), marks=SLOW)])
+                                        ("rglru", ("sharded", "pmap"))])
 def test_jit_sharded_and_pmap_agree_with_dropout_on(cell, modes):
   """A residual stack of linear recurrences with dropout on 4 devices: the ways to use them
   train the same parameters, and dropout does act."""
