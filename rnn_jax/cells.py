@@ -59,7 +59,8 @@ class LinearRecurrence:
 
   Attributes:
     coefficients: (params, xs [..., time, input]) -> (a, b), each [..., time, state]; real,
-      or complex (the LRU).
+      or complex (the LRU). An a that is the same at every step and in every sequence may
+      come as [1, ..., 1, state] (the LRU's lambda), which the scan reads as a constant.
     state: carry -> h [..., state], the state inside a carry; linear in the carry. Default:
       the carry is the state.
     emit: (params, h [..., state], x [..., input]) -> (carry, y): the carry and the output
@@ -918,10 +919,14 @@ def lru(r_min: float = 0.9, r_max: float = 0.999, max_phase: float = 6.283) -> C
     }
 
   def coefficients(params, xs):
-    bx_re, bx_im = jnp.split(matmul(xs, params["w_x"]), 2, axis=-1)
+    # gamma scales B's columns, not the [time, batch, 2 hidden] product: the same numbers, and
+    # gamma's gradient sums over the input rows instead of over every step of every sequence.
+    w_x = params["w_x"]
+    gamma = jnp.exp(params["gamma_log"])
+    w_x = (w_x * jnp.concatenate([gamma, gamma])).astype(w_x.dtype)  # Low precision stays so.
+    bx_re, bx_im = jnp.split(matmul(xs, w_x), 2, axis=-1)
     lam = jnp.exp(-jnp.exp(params["nu_log"]) + 1j * jnp.exp(params["theta_log"]))
-    b = jnp.exp(params["gamma_log"]) * jax.lax.complex(bx_re, bx_im)
-    return jnp.broadcast_to(lam, b.shape), b
+    return lam.reshape((1,) * (xs.ndim - 1) + lam.shape), jax.lax.complex(bx_re, bx_im)
 
   def state(carry):
     return jax.lax.complex(carry[1], carry[2])

@@ -198,7 +198,8 @@ def gate_function(model: models.SequenceModel):
   linear = model.recurrent_cell.linear
   if linear is not None:
     def retain(params, carry, x):
-      return {"retain": jnp.abs(linear.coefficients(params, x[..., None, :])[0][..., 0, :])}
+      a, b = linear.coefficients(params, x[..., None, :])
+      return {"retain": jnp.abs(jnp.broadcast_to(a, b.shape)[..., 0, :])}
     return retain
   make = GATE_FUNCTIONS.get(model.cell)
   return None if make is None else make(dict(model.cell_options))

@@ -207,7 +207,9 @@ def linear_scan(a: jax.Array, b: jax.Array, h0: jax.Array, mode: str = "parallel
                 ) -> jax.Array:
   """h_t = a_t * h_{t-1} + b_t for t = 0..T-1 from h_{-1} = h0: [time, ...] -> [time, ...].
 
-  a, b [time, batch, state] (time-major), h0 [batch, state]; real or complex. "sequential":
+  a, b [time, batch, state] (time-major), h0 [batch, state]; real or complex; a may also be
+  [1, 1, state], the same at every step and in every sequence (read as a constant, never
+  materialised per step in "sequential" mode). "sequential":
   one `lax.scan` step per t. "parallel": `lax.associative_scan` on the pairs (a, b), whose
   composition (a1, b1) then (a2, b2) is (a1 a2, a2 b1 + b2). "chunked": chunks of k ~ sqrt(T)
   steps scanned side by side (k iterations), then one scan across the chunks' ends (T/k
@@ -248,10 +250,16 @@ def _states_before(hs: jax.Array, h0: jax.Array) -> jax.Array:
 def _evaluate_linear_scan(a, b, h0, mode):
   """`linear_scan`'s values in `mode` (checked here), differentiated by `_linear_scan_jvp`."""
   if mode == "sequential":
+    if _time_invariant(a, b):
+      def body(h, b_t):
+        h = a[0] * h + b_t
+        return h, h
+      return jax.lax.scan(body, h0, b)[1]
     def body(h, ab):
       h = ab[0] * h + ab[1]
       return h, h
     return jax.lax.scan(body, h0, (a, b))[1]
+  a = jnp.broadcast_to(a, b.shape)
   b = b.at[0].add(a[0] * h0)
   if mode == "parallel":
     def compose(left, right):
@@ -280,6 +288,12 @@ def _evaluate_linear_scan(a, b, h0, mode):
   _, starts = jax.lax.scan(across, jnp.zeros_like(b[0, 0]), (prods[-1], local[-1]))
   hs = local + prods * starts[None]
   return jnp.swapaxes(hs, 0, 1).reshape((chunks * k,) + hs.shape[2:])[:time]
+
+
+def _time_invariant(a: jax.Array, b: jax.Array) -> bool:
+  """Whether a [1, ...] is the same at every step of b [time, ...] (the LRU's lambda): the
+  scan then reads it as a constant instead of a [time, batch, state] array."""
+  return a.shape[0] == 1 and b.shape[0] > 1
 
 
 LOG_ZERO = -1e30  # log 0 in log_linear_scan: exp(LOG_ZERO + x) is exactly 0 for any real x.

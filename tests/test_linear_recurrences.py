@@ -43,24 +43,35 @@ def _np_linear(a, b, h0):
   return out
 
 
+def _a_shape(shape, constant):
+  """a's shape: one a per step and sequence, or (constant) one per unit, [1, 1, state], the
+  same at every step (the LRU's lambda), which `linear_scan` broadcasts itself."""
+  return (1, 1) + shape[2:] if constant else shape
+
+
+CONSTANT_A = pytest.mark.parametrize("constant", [False, True], ids=["a_per_step", "constant_a"])
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("time", [1, 2, 7, 50, 1000])
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
-def test_linear_scan_matches_a_float64_loop(mode, time, complex_):
+@CONSTANT_A
+def test_linear_scan_matches_a_float64_loop(mode, time, complex_, constant):
   """Every mode, any T (also T = 1, 2 and T not a multiple of the chunk), real and complex
-  coefficients; a_t spans (0, 1) with exact zeros (resets) and values near 1 (long memory),
-  so products over 1,000 steps underflow in some units and not in others."""
+  coefficients, a per step or constant; a_t spans (0, 1) with exact zeros (resets) and values
+  near 1 (long memory), so products over 1,000 steps underflow in some units and not in
+  others."""
   rng = np.random.default_rng(time)
   shape = (time, 3, 5)
-  a = rng.uniform(0.0, 1.0, shape) ** 0.05  # Mostly near 1 ...
-  a[rng.random(shape) < 0.02] = 0.0         # ... with some resets.
+  a = rng.uniform(0.0, 1.0, _a_shape(shape, constant)) ** 0.05  # Mostly near 1 ...
+  a[rng.random(a.shape) < 0.02] = 0.0                            # ... with some resets.
   b = rng.standard_normal(shape)
   h0 = rng.standard_normal(shape[1:])
   if complex_:
-    a = a * np.exp(1j * rng.uniform(0, 2 * np.pi, shape))
+    a = a * np.exp(1j * rng.uniform(0, 2 * np.pi, a.shape))
     b = b + 1j * rng.standard_normal(shape)
     h0 = h0 + 1j * rng.standard_normal(shape[1:])
-  want = _np_linear(a, b, h0)
+  want = _np_linear(np.broadcast_to(a, shape), b, h0)
   dtype = jnp.complex64 if complex_ else jnp.float32
   got = recurrent.linear_scan(jnp.asarray(a, dtype), jnp.asarray(b, dtype),
                               jnp.asarray(h0, dtype), mode)
@@ -89,29 +100,35 @@ def _np_linear_cotangents(a, h0, hs, ct):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("time", [1, 7, 300])
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
-def test_linear_scan_derivatives_match_float64_loops(mode, time, complex_):
-  """Forward (JVP) and reverse (VJP) derivatives in every mode, real and complex, against the
-  hand-differentiated float64 loops above, whose tangent loop is itself checked against a
-  central finite difference of `_np_linear`. Resets (a = 0) and values near 1 as above."""
+@CONSTANT_A
+def test_linear_scan_derivatives_match_float64_loops(mode, time, complex_, constant):
+  """Forward (JVP) and reverse (VJP) derivatives in every mode, real and complex, a per step
+  or constant, against the hand-differentiated float64 loops above, whose tangent loop is
+  itself checked against a central finite difference of `_np_linear`. Resets (a = 0) and
+  values near 1 as above. A constant a's cotangent is the sum of the per-step ones."""
   rng = np.random.default_rng(time + 1)
   shape = (time, 3, 5)
   def draw(size):
     x = rng.standard_normal(size)
     return x + 1j * rng.standard_normal(size) if complex_ else x
-  a = rng.uniform(0.0, 1.0, shape) ** 0.05
-  a[rng.random(shape) < 0.02] = 0.0
+  a = rng.uniform(0.0, 1.0, _a_shape(shape, constant)) ** 0.05
+  a[rng.random(a.shape) < 0.02] = 0.0
   if complex_:
-    a = a * np.exp(1j * rng.uniform(0, 2 * np.pi, shape))
-  b, h0, da, db, dh0, ct = (draw(shape), draw(shape[1:]), draw(shape), draw(shape),
+    a = a * np.exp(1j * rng.uniform(0, 2 * np.pi, a.shape))
+  b, h0, da, db, dh0, ct = (draw(shape), draw(shape[1:]), draw(a.shape), draw(shape),
                             draw(shape[1:]), draw(shape))
-  hs = _np_linear(a, b, h0)
-  want_tangent = _np_linear_tangent(a, h0, hs, da, db, dh0)
+  a_steps, da_steps = np.broadcast_to(a, shape), np.broadcast_to(da, shape)
+  hs = _np_linear(a_steps, b, h0)
+  want_tangent = _np_linear_tangent(a_steps, h0, hs, da_steps, db, dh0)
   eps = 1e-6
-  finite_difference = (_np_linear(a + eps * da, b + eps * db, h0 + eps * dh0)
-                        - _np_linear(a - eps * da, b - eps * db, h0 - eps * dh0)) / (2 * eps)
+  finite_difference = (_np_linear(a_steps + eps * da_steps, b + eps * db, h0 + eps * dh0)
+                       - _np_linear(a_steps - eps * da_steps, b - eps * db, h0 - eps * dh0)
+                       ) / (2 * eps)
   np.testing.assert_allclose(want_tangent, finite_difference, rtol=1e-6,
                              atol=1e-6 * np.abs(want_tangent).max())
-  want_cotangents = _np_linear_cotangents(a, h0, hs, ct)
+  want_cotangents = list(_np_linear_cotangents(a_steps, h0, hs, ct))
+  if constant:  # One a for every step and sequence: its cotangent sums theirs.
+    want_cotangents[0] = want_cotangents[0].sum(axis=(0, 1), keepdims=True)
   # The adjoint loop is the transpose of the tangent loop: <ct, J v> = <J^T ct, v>.
   np.testing.assert_allclose(
       np.sum(ct * want_tangent),
