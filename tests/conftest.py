@@ -6,13 +6,27 @@ XLA reads this flag once, before JAX initialises, which is why it is set here at
 
 import glob
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+# One XLA compilation cache for the whole run, made fresh by the first process that imports
+# this file and inherited by pytest-xdist's workers and by the commands tests launch: many
+# tests compile the same small programs (a train step at the same shapes), and a hit skips
+# XLA's compiler. Every program is cached (no minimum compile time or size). A cache dir the
+# caller set is kept, and not removed afterwards.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rnn_jax_tests_xla_cache_")
+  os.environ["RNN_JAX_TESTS_CACHE_OWNER"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The prepared TFDS data dir: $TFDS_DATA_DIR, else ../shared/tensorflow_datasets beside the repo.
@@ -37,3 +51,9 @@ def pytest_configure(config):
       'Deselect with -m "not real_data".')
   config.addinivalue_line(
       "markers", "slow: long-running (fault injection, multi-process); run with -m slow.")
+
+
+def pytest_unconfigure(config):
+  """The process that made the compilation cache removes it when the run ends."""
+  if _OWN_CACHE and os.environ.get("RNN_JAX_TESTS_CACHE_OWNER") == str(os.getpid()):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
