@@ -919,12 +919,12 @@ def lru(r_min: float = 0.9, r_max: float = 0.999, max_phase: float = 6.283) -> C
     }
 
   def coefficients(params, xs):
-    # gamma scales B's columns, not the [time, batch, 2 hidden] product: the same numbers, and
-    # gamma's gradient sums over the input rows instead of over every step of every sequence.
-    w_x = params["w_x"]
-    gamma = jnp.exp(params["gamma_log"])
-    w_x = (w_x * jnp.concatenate([gamma, gamma])).astype(w_x.dtype)  # Low precision stays so.
-    bx_re, bx_im = jnp.split(matmul(xs, w_x), 2, axis=-1)
+    gamma = jnp.tile(jnp.exp(params["gamma_log"]), 2)
+    if params["w_x"].dtype in LOW_PRECISION:  # Scale the float32 product, as every elementwise
+      bx = gamma * matmul(xs, params["w_x"])  # factor in mixed precision: B is rounded as stored.
+    else:  # Scale B's columns: the same numbers, and gamma's gradient sums over B's input rows,
+      bx = matmul(xs, params["w_x"] * gamma)  # not over every step of every sequence.
+    bx_re, bx_im = jnp.split(bx, 2, axis=-1)
     lam = jnp.exp(-jnp.exp(params["nu_log"]) + 1j * jnp.exp(params["theta_log"]))
     return lam.reshape((1,) * (xs.ndim - 1) + lam.shape), jax.lax.complex(bx_re, bx_im)
 

@@ -148,24 +148,26 @@ def test_linear_scan_derivatives_match_float64_loops(mode, time, complex_, const
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_linear_scan_second_derivatives_match_an_unrolled_loop(mode):
+@CONSTANT_A
+def test_linear_scan_second_derivatives_match_an_unrolled_loop(mode, constant):
   """Hessian-vector products (forward over reverse) against autodiff of the recurrence
-  written as a plain Python loop, unrolled (no lax.scan, no custom rule)."""
+  written as a plain Python loop, unrolled (no lax.scan, no custom rule); a per step or
+  constant."""
   keys = jax.random.split(jax.random.PRNGKey(3), 4)
-  a = jax.nn.sigmoid(jax.random.normal(keys[0], (20, 3, 4)))
+  a = jax.nn.sigmoid(jax.random.normal(keys[0], _a_shape((20, 3, 4), constant)))
   b, v = (jax.random.normal(k, (20, 3, 4)) for k in keys[1:3])
   h0 = jax.random.normal(keys[3], (3, 4))
 
   def unrolled(a, b, h0):
     h, out = h0, []
-    for t in range(len(a)):
-      h = a[t] * h + b[t]
+    for t in range(len(b)):
+      h = a[0 if constant else t] * h + b[t]
       out.append(h)
     return jnp.stack(out)
 
   def hvp(scan):
     grad = jax.grad(lambda a, b: jnp.sum(jnp.sin(scan(a, b, h0))), argnums=(0, 1))
-    return jax.jvp(grad, (a, b), (v, v))[1]
+    return jax.jvp(grad, (a, b), (v[:len(a), :a.shape[1]], v))[1]
   for got, want in zip(hvp(lambda a, b, h0: recurrent.linear_scan(a, b, h0, mode)),
                        hvp(unrolled)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

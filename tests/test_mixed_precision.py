@@ -39,6 +39,29 @@ def test_each_cell_in_bfloat16_stays_within_bfloat16_tolerance_over_100_steps(na
   assert float(jnp.max(jnp.abs(ys16 - ys32))) > 0  # The matmuls did run in bfloat16.
 
 
+def test_the_lru_in_bfloat16_rounds_its_matrices_as_stored_and_scales_in_float32():
+  """Mixed precision rounds the weight matrices (and the matmuls' inputs) to bfloat16 and
+  nothing else: the LRU's gamma scales x B in float32 after the matmul, so its gradient stays
+  float32 too. The state after 50 steps against the float64 loop of the LRU's equations
+  (test_scan_intersections) fed the bfloat16-rounded inputs and B: float32 agreement, where
+  rounding gamma * B instead would be ~1e-3 off."""
+  from test_scan_intersections import _np_linear_step  # pylint: disable=g-import-not-at-top
+  cell = cells.get("lru")
+  params = cell.init(jax.random.PRNGKey(0), 16, 32)
+  xs = _data(time=50, batch=4)
+  (_, s_re, s_im), _ = recurrent.scan(cell, params, xs, compute_dtype=jnp.bfloat16)
+  rounded = lambda v: np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64)
+  p = {k: rounded(v) if k.startswith("w_") else np.asarray(v, np.float64)
+       for k, v in params.items()}
+  for b, x in enumerate(rounded(xs)):
+    carry = (None, np.zeros(32), np.zeros(32))
+    for x_t in x:
+      carry, _ = _np_linear_step("lru", {}, p, carry, x_t)
+    scale = np.abs(carry[1:]).max()
+    np.testing.assert_allclose(s_re[b], carry[1], rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(s_im[b], carry[2], rtol=0, atol=1e-5 * scale)
+
+
 def _bfloat16_carry(cell):
   """The same cell with its carry rounded to bfloat16 after every step: the drift that
   mixed precision must not have."""
