@@ -24,7 +24,6 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rnn_jax_tests_xla_cache_")
-  os.environ["RNN_JAX_TESTS_CACHE_OWNER"] = str(os.getpid())
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,6 +53,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-  """The process that made the compilation cache removes it when the run ends."""
-  if _OWN_CACHE and os.environ.get("RNN_JAX_TESTS_CACHE_OWNER") == str(os.getpid()):
+  """The process that made the compilation cache removes it when the run ends (its workers
+  and children found the dir already set, so for them _OWN_CACHE is False)."""
+  if _OWN_CACHE:
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
